@@ -1,0 +1,1 @@
+"""comfy-kiwi trainer: run from the checkout as ``python -m trainer ...``."""
