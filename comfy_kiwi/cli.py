@@ -1,0 +1,41 @@
+"""``python -m comfy_kiwi <verb>``: the library's jobs from a shell.
+
+Every verb calls the same library objects the ComfyUI nodes and the trainer use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import KiwiError
+
+
+def _cmd_info(args) -> int:
+    from .loading.inspect import describe
+    print(json.dumps(describe(args.path), indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m comfy_kiwi",
+                                description="Instruction- and reference-guided video editing on Wan DiTs.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    info = sub.add_parser("info", help="describe a model file or folder as JSON (format, architecture, dtype)")
+    info.add_argument("path", help="a .safetensors/.pt file, a model folder or a Kiwi-Edit release folder")
+    info.set_defaults(run=_cmd_info)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KiwiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
