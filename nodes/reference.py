@@ -1,0 +1,167 @@
+"""Reference nodes: grounding, references from masks (local cut-out / background), quality check, dedupe."""
+
+from __future__ import annotations
+
+import torch
+
+from .judge_common import CATEGORY_REFERENCE, CLIP_TYPE, VLM_TYPE, dumps, lib, tip
+
+_FRAME_INDEX = ("INT", tip("Which frame of the batch to use (negative counts from the end).", default=0,
+                           min=-100000, max=100000))
+
+
+class KiwiGround:
+    DESCRIPTION = ("Ask the VLM for the bounding box of something in one frame and return it as a MASK [1,H,W] "
+                   "(1 inside the box) and as JSON {\"bbox\": [x0, y0, x1, y1]} in pixels (x1, y1 exclusive). "
+                   "Several boxes are merged by 'combine'. Unreadable answers are retried; if all fail the node "
+                   "errors.")
+    CATEGORY = CATEGORY_REFERENCE
+    FUNCTION = "ground"
+    RETURN_TYPES = ("MASK", "STRING", "STRING")
+    RETURN_NAMES = ("mask", "box", "answers")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vlm": (VLM_TYPE, tip("Qwen2.5-VL from Kiwi VLM Loader.")),
+            "image": ("IMAGE", tip("Frames; one is grounded (frame_index).")),
+            "description": ("STRING", tip("What to find; for target = edited, the edit instruction.", multiline=True,
+                                          default="")),
+            "target": (["object", "edited", "foreground"],
+                       tip("object: find the description; edited: what the edit brought in; foreground: the main "
+                           "subjects (for background references).", default="object")),
+            "frame_index": _FRAME_INDEX,
+            "coordinate_space": (["input", "original", "normalized_1000"],
+                                 tip("How the model writes boxes: input = pixels of the image it saw (Qwen2.5-VL), "
+                                     "original = pixels of the frame, normalized_1000 = 0..1000 (Qwen2-VL).",
+                                     default="input")),
+            "combine": (["union", "first", "largest"], tip("What to do with several boxes.", default="union")),
+            "attempts": ("INT", tip("Answers to try before giving up.", default=3, min=1, max=20)),
+            "seed": ("INT", tip("Seed of the first attempt.", default=0, min=0, max=2 ** 31 - 1)),
+        }}
+
+    def ground(self, vlm, image, description, target, frame_index, coordinate_space, combine, attempts, seed):
+        j = lib()
+        frame = j.select_frame(image, int(frame_index))[None]
+        result = j.ground(vlm, frame, description, target, coordinate_space, combine, int(attempts), int(seed))
+        if not result.ok:
+            raise j.JudgeError("grounding failed: " + " | ".join(result.errors))
+        return (result.mask, result.box.to_json(), "\n\n---\n\n".join(result.answers))
+
+
+class KiwiReferenceFromMask:
+    DESCRIPTION = ("Make a reference image from a frame and a mask (from any segmentation node, or Kiwi Ground). "
+                   "local: the masked object on white, cropped tightly. background: the masked foreground removed "
+                   "and filled (fill_image when given, else the built-in pyramid / diffusion fill); pixels outside "
+                   "the mask stay identical. A mask batch of 1 applies to every frame; a larger batch is per frame.")
+    CATEGORY = CATEGORY_REFERENCE
+    FUNCTION = "make"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("reference", "used_mask")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", tip("Frames (the edited video, usually).")),
+            "mask": ("MASK", tip("Object / foreground mask, 1 = object. Resized to the frame if needed.")),
+            "kind": (["local", "background"], tip("local = object cut-out; background = object removed.",
+                                                  default="local")),
+            "frame_index": _FRAME_INDEX,
+            "threshold": ("FLOAT", tip("Mask values above this count as object.", default=0.5, min=0.0, max=1.0,
+                                       step=0.01)),
+            "margin": ("INT", tip("local: white border around the tight crop, in pixels.", default=0, min=0,
+                                  max=4096)),
+            "dilate": ("INT", tip("background: grow the removed region by N pixels (hides halos).", default=4, min=0,
+                                  max=512)),
+            "fill": (["pyramid", "diffuse"], tip("background: built-in fill (pyramid = push-pull; diffuse = pyramid "
+                                                 "+ Laplace smoothing).", default="pyramid")),
+            "iterations": ("INT", tip("diffuse: smoothing sweeps.", default=200, min=0, max=10000)),
+        }, "optional": {
+            "fill_image": ("IMAGE", tip("background: an inpainted/clean plate used for the removed region instead "
+                                        "of the built-in fill.")),
+        }}
+
+    def make(self, image, mask, kind, frame_index, threshold, margin, dilate, fill, iterations, fill_image=None):
+        j = lib()
+        frame = j.select_frame(image, int(frame_index))
+        h, w = frame.shape[:2]
+        m = j.select_mask(mask, int(frame_index), (h, w))
+        if kind == "local":
+            ref = j.local_reference(frame[None], m, threshold=float(threshold), margin=int(margin))
+            used = (m > float(threshold)).float()
+        else:
+            ref = j.background_reference(frame[None], m, float(threshold), int(dilate), fill, fill_image,
+                                         int(iterations))
+            used = j.hole_mask(m, float(threshold), int(dilate)).float()
+        return (ref, used[None])
+
+
+class KiwiReferenceQuality:
+    DESCRIPTION = ("Have the VLM score a reference image 1-10 against the instruction and the edited frame; passed = "
+                   "score >= threshold. Unreadable answers are retried; if all fail: error, or score -1 and passed "
+                   "false with on_failure = report.")
+    CATEGORY = CATEGORY_REFERENCE
+    FUNCTION = "check"
+    RETURN_TYPES = ("FLOAT", "BOOLEAN", "STRING")
+    RETURN_NAMES = ("score", "passed", "answers")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vlm": (VLM_TYPE, tip("Qwen2.5-VL from Kiwi VLM Loader.")),
+            "reference": ("IMAGE", tip("The reference to check (first image of the batch).")),
+            "edited": ("IMAGE", tip("Edited frames the reference was made from.")),
+            "instruction": ("STRING", tip("The editing instruction.", multiline=True, default="")),
+            "kind": (["local", "background"], tip("What the reference should show.", default="local")),
+            "frame_index": _FRAME_INDEX,
+            "threshold": ("FLOAT", tip("Lowest passing score (1-10).", default=6.0, min=1.0, max=10.0, step=0.5)),
+            "attempts": ("INT", tip("Answers to try before giving up.", default=3, min=1, max=20)),
+            "seed": ("INT", tip("Seed of the first attempt.", default=0, min=0, max=2 ** 31 - 1)),
+            "on_failure": (["error", "report"], tip("error: stop; report: score -1, passed false.", default="error")),
+        }}
+
+    def check(self, vlm, reference, edited, instruction, kind, frame_index, threshold, attempts, seed, on_failure):
+        j = lib()
+        frame = j.select_frame(edited, int(frame_index))[None]
+        q = j.check_reference_quality(vlm, reference[:1], frame, instruction, kind, float(threshold), int(attempts),
+                                      int(seed))
+        if not q.ok and on_failure == "error":
+            raise j.JudgeError("reference quality check failed: " + " | ".join(q.errors))
+        answers = "\n\n---\n\n".join(q.answers)
+        return (float(q.score) if q.ok else -1.0, bool(q.passed), answers)
+
+
+class KiwiReferenceDedupe:
+    DESCRIPTION = ("Drop near-duplicate references: keep images in order, skipping any whose CLIP image embedding has "
+                   "cosine similarity >= threshold with one already kept.")
+    CATEGORY = CATEGORY_REFERENCE
+    FUNCTION = "dedupe"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("kept", "report")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip": (CLIP_TYPE, tip("CLIP model from Kiwi CLIP Loader.")),
+            "references": ("IMAGE", tip("A batch of reference images.")),
+            "threshold": ("FLOAT", tip("Cosine similarity from which two references count as duplicates.",
+                                       default=0.95, min=-1.0, max=1.0, step=0.005)),
+        }}
+
+    def dedupe(self, clip, references, threshold):
+        j = lib()
+        feats = clip.image_features(references)
+        result = j.dedupe_features(feats, float(threshold))
+        kept = references[torch.tensor(result.keep, dtype=torch.long)]
+        report = {"kept": result.keep,
+                  "dropped": {str(i): {"duplicate_of": d[1], "cosine": round(d[2], 6)}
+                              for i, d in result.duplicates.items()}}
+        return (kept, dumps(report))
+
+
+NODE_CLASS_MAPPINGS = {"KiwiGround": KiwiGround, "KiwiReferenceFromMask": KiwiReferenceFromMask,
+                       "KiwiReferenceQuality": KiwiReferenceQuality, "KiwiReferenceDedupe": KiwiReferenceDedupe}
+NODE_DISPLAY_NAME_MAPPINGS = {"KiwiGround": "Kiwi Ground (VLM box -> mask)",
+                              "KiwiReferenceFromMask": "Kiwi Reference from Mask",
+                              "KiwiReferenceQuality": "Kiwi Reference Quality Check",
+                              "KiwiReferenceDedupe": "Kiwi Reference Dedupe"}
