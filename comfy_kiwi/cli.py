@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a model file or folder as JSON (format, architecture, dtype)")
     info.add_argument("path", help="a .safetensors/.pt file, a model folder or a Kiwi-Edit release folder")
     info.set_defaults(run=_cmd_info)
+    from .edit_command import add_edit_parser
+    from .judging.judge_command import add_judge_parser
+    add_edit_parser(sub)
+    add_judge_parser(sub)
     return p
 
 

@@ -1,0 +1,83 @@
+"""``python -m comfy_kiwi edit``: one whole edit from the shell, through :class:`EditPipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def add_edit_parser(sub) -> None:
+    from .pipeline import EditSettings
+    d = EditSettings()
+    p = sub.add_parser("edit", help="edit a video (or image) with an instruction and an optional reference",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...)")
+    p.add_argument("--video", required=True, help="source video (mp4, webm, ...) or image")
+    p.add_argument("--instruction", required=True, help='e.g. "replace the sofa with a brown leather one"')
+    p.add_argument("--reference", action="append", default=None,
+                   help="reference image (repeat for several); switches to reference-guided editing")
+    p.add_argument("--out", required=True, help="output .mp4 (a one-frame edit may also be .png/.jpg)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--shift", type=float, default=d.shift)
+    p.add_argument("--cfg", type=float, default=d.cfg, help="1.0 disables guidance (the release)")
+    p.add_argument("--schedule", choices=["kiwi", "diffusers"], default=d.schedule,
+                   help="σ_min 0 (kiwi) or 0.003/1.002 (diffusers release)")
+    p.add_argument("--denoise", type=float, default=d.denoise)
+    p.add_argument("--frames", type=int, default=d.num_frames, help="use the first N source frames (4k+1)")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per-frame pixel budget (W·H)")
+    p.add_argument("--fps", type=float, default=None, help="output fps (default: the source's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--attention", default="auto", help="auto, sdpa, xformers, flash, sage")
+    p.add_argument("--tiled-vae", action="store_true", help="encode/decode the VAE in tiles (less memory)")
+    p.add_argument("--save-latents", default=None,
+                   help="also write the final latents (key 'latents') and context (key 'context') here")
+    p.set_defaults(run=run_edit)
+
+
+def run_edit(args) -> int:
+    from safetensors.torch import save_file
+
+    from .frames import load_image
+    from .pipeline import EditPipeline, EditSettings
+    from .video_io import read_video, write_video
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".png", ".jpg", ".jpeg", ".webp"):
+        raise InputError(f"--out {out}: use an .mp4 (or .mov/.mkv/.webm) file, or .png/.jpg for one frame.")
+    if not args.instruction.strip():
+        raise InputError("--instruction is empty; say what to change, e.g. \"make the car red\".")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+    frames, fps = read_video(args.video, max_frames=args.frames)
+    refs = [load_image(r) for r in args.reference] if args.reference else None
+    settings = EditSettings(steps=args.steps, shift=args.shift, schedule=args.schedule, cfg=args.cfg,
+                            seed=args.seed, denoise=args.denoise, max_pixels=args.max_pixels,
+                            num_frames=args.frames, vae_tiled=args.tiled_vae)
+    print(f"loading {args.model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
+    pipe = EditPipeline.from_pretrained(args.model, dtype=dtype, device=device, attention=args.attention)
+    result = pipe.edit(frames, args.instruction, refs, settings)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+        from .frames import to_pil
+        to_pil(result.frames[0]).save(out)
+    else:
+        write_video(out, result.frames, args.fps or fps)
+    if args.save_latents:
+        save_file({"latents": result.latents.float().cpu().contiguous(),
+                   "context": result.context.float().cpu().contiguous()}, args.save_latents)
+    print(json.dumps({"out": str(out), "frames": int(result.frames.shape[0]),
+                      "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
+                      "latents": list(result.latents.shape)}))
+    return 0

@@ -1,0 +1,215 @@
+"""The edit pipeline: prepare → MLLM encode → VAE-encode source (+ reference) → sample → decode.
+
+One object serves the ComfyUI nodes (stage by stage), the command line and the trainer's sample
+edits (whole). Defaults reproduce the Kiwi-Edit release: 50 Euler steps, shift 5, no CFG, noise from
+a CPU float32 generator seeded with ``seed``; see ``EditSettings``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from . import comfy_adapter
+from .errors import CheckpointError, InputError
+from .frames import frames_to_vae, pad_reference, prepare_frames, vae_to_frames
+from .sampling import flow_sigmas, noise_like, sample_euler, start_latents
+
+
+@dataclass
+class EditSettings:
+    """Sampling and preparation settings. Defaults = the Kiwi-Edit release (see README)."""
+
+    steps: int = 50
+    shift: float = 5.0
+    schedule: str = "kiwi"          # σ_min 0 ("kiwi", training/benchmark code) or "diffusers" (0.003/1.002)
+    cfg: float = 1.0                # 1.0 = no guidance (the release); VIVA uses 2.0 on the instruction
+    seed: int = 0
+    denoise: float = 1.0            # < 1 starts from the noised source latents
+    max_pixels: int = 921600        # 1280×720 budget of the release's benchmark
+    num_frames: int | None = 81     # first N frames; None = all
+    frame_mode: str = "trim"        # non-4k+1 counts: "trim" (with a warning) or "error"
+    vae_tiled: bool = False
+    progress: bool = True
+
+    def replace(self, **kw) -> "EditSettings":
+        return replace(self, **kw)
+
+
+@dataclass
+class EditConditioning:
+    """DiT context tokens of one instruction (and of the empty instruction, for CFG)."""
+
+    context: torch.Tensor                    # [1, L, dim]
+    negative: torch.Tensor | None = None     # [1, L', dim] — empty instruction, same visual inputs
+
+
+@dataclass
+class SourceConditioning:
+    """What the sampler gets besides the context: source latents and optional reference latents."""
+
+    source_latents: torch.Tensor | None                 # [1, C, f, h, w] (None: plain text-to-video)
+    reference_latents: torch.Tensor | None = None       # [1, C, n_refs, h, w]
+    reference_first: bool | None = None                 # None = the model's default (ref_pad_first)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        if self.source_latents is None:
+            raise InputError("no source latents: the sampler needs the encoded source video for its size.")
+        return tuple(self.source_latents.shape)
+
+
+@dataclass
+class EditResult:
+    frames: torch.Tensor                  # [F, H, W, 3] in 0..1
+    latents: torch.Tensor                 # [1, C, f, h, w]
+    context: torch.Tensor                 # [1, L, dim]
+    settings: EditSettings = field(default_factory=EditSettings)
+
+
+def model_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The compute dtype of a module: its first floating-point, non-fp8 parameter's dtype."""
+    for p in module.parameters():
+        if p.dtype.is_floating_point and p.dtype.itemsize > 1:
+            return p.dtype
+    return torch.float32
+
+
+def model_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, settings: EditSettings,
+                init_latents: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the flow-match sampler of one edit; returns the edited latents [1, C, f, h, w]."""
+    dtype, device = model_dtype(dit), model_device(dit)
+    shape = source.latent_shape
+    sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule, settings.denoise)
+    noise = noise_like(shape, settings.seed, dtype=dtype, device=device)
+    if settings.denoise < 1.0 and init_latents is None:
+        init_latents = source.source_latents  # edit-strength mode starts from the source itself
+    x = start_latents(noise, float(sigmas[0]), None if init_latents is None else init_latents.to(device, dtype))
+
+    use_cfg = settings.cfg != 1.0
+    if use_cfg and cond.negative is None:
+        raise InputError("cfg is not 1.0 but the conditioning has no negative (empty-instruction) "
+                         "encoding; encode with cfg enabled or set cfg to 1.0.")
+    ctx = cond.context.to(device, dtype)
+    src = None if source.source_latents is None else source.source_latents.to(device, dtype)
+    ref = None if source.reference_latents is None else source.reference_latents.to(device, dtype)
+    if use_cfg:
+        neg = cond.negative.to(device, dtype)
+        if neg.shape[1] != ctx.shape[1]:
+            raise InputError(f"positive and negative contexts have different lengths "
+                             f"({ctx.shape[1]} vs {neg.shape[1]}); both must come from the same visual inputs.")
+        ctx = torch.cat([neg, ctx])            # one batch: [negative; positive]
+        src = None if src is None else torch.cat([src, src])
+        ref = None if ref is None else torch.cat([ref, ref])
+
+    def velocity(x: torch.Tensor, sigma: float, i: int) -> torch.Tensor:
+        xb = torch.cat([x, x]) if use_cfg else x
+        # t = 1000σ in the model's dtype, as the release rounds it (bf16) before the time embedding
+        t = torch.full((xb.shape[0],), 1000.0 * sigma, device=device).to(dtype)
+        v = dit(xb, t, ctx, source_latents=src, source_scale=sigma,
+                reference_latents=ref, reference_first=source.reference_first)
+        if use_cfg:
+            v_neg, v_pos = v.chunk(2)
+            return v_neg + settings.cfg * (v_pos - v_neg)
+        return v
+
+    return sample_euler(velocity, x, sigmas, progress=settings.progress)
+
+
+class EditPipeline:
+    """All parts of an edit: DiT (with source/reference embedders), VAE and MLLM encoder."""
+
+    def __init__(self, dit, vae, mllm=None, device: torch.device | str | None = None,
+                 offload_mllm: bool | None = None):
+        self.dit, self.vae, self.mllm = dit, vae, mllm
+        self.device = torch.device(device) if device is not None else model_device(dit)
+        # Offloading only pays where the compute device is not the CPU.
+        self.offload_mllm = (self.device.type != "cpu") if offload_mllm is None else offload_mllm
+
+    @classmethod
+    def from_pretrained(cls, folder, dtype: torch.dtype | None = torch.bfloat16, device=None,
+                        attention: str = "auto") -> "EditPipeline":
+        """Load a whole Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, processor/, embedders)."""
+        from .loading.dit_loader import load_dit
+        from .loading.inspect import is_release_folder
+        from .loading.vae_loader import load_vae
+        from .mllm.loader import load_mllm_encoder
+
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: not a folder; expected a Kiwi-Edit release folder.")
+        missing = [p for p in ("transformer", "vae", "mllm_encoder", "processor") if not (folder / p).exists()]
+        if missing or not is_release_folder(folder):
+            raise CheckpointError(
+                f"{folder}: not a complete Kiwi-Edit release folder; missing part(s): {', '.join(missing)} "
+                "(expected transformer/, vae/, mllm_encoder/, processor/, source_embedder/, ref_embedder/).")
+        device = torch.device(device) if device is not None else comfy_adapter.compute_device()
+        dit = load_dit(folder, dtype=dtype, device=device, attention=attention)
+        vae = load_vae(folder / "vae", dtype=dtype, device=device)
+        mllm = load_mllm_encoder(folder, dtype=dtype, device="cpu" if device.type != "cpu" else device)
+        return cls(dit, vae, mllm, device=device)
+
+    # --- stages -----------------------------------------------------------------------------------
+    def prepare(self, frames: torch.Tensor, settings: EditSettings) -> torch.Tensor:
+        return prepare_frames(frames, max_pixels=settings.max_pixels, num_frames=settings.num_frames,
+                              frame_mode=settings.frame_mode)
+
+    def encode_instruction(self, instruction: str, frames: torch.Tensor, reference=None,
+                           with_negative: bool = False) -> EditConditioning:
+        if self.mllm is None:
+            raise InputError("this pipeline has no MLLM encoder; load one or pass a ready conditioning.")
+        if isinstance(reference, (list, tuple)):
+            # The MLLM reads one reference image (as released); further ones only reach the DiT.
+            reference = reference[0] if reference else None
+        mllm = self.mllm
+        if self.offload_mllm:
+            mllm.to(self.device)
+        try:
+            if with_negative:  # one vision-tower pass for both
+                ctx, neg = mllm.encode_pair(instruction, frames, reference)
+            else:
+                ctx, neg = mllm.encode(instruction, frames, reference), None
+        finally:
+            if self.offload_mllm:
+                mllm.to("cpu")
+                comfy_adapter.soft_empty_cache()
+        return EditConditioning(ctx, neg)
+
+    def encode_video(self, frames: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        """Frames [F,H,W,3] in 0..1 → normalised latents [1, C, f, h, w]."""
+        x = frames_to_vae(frames).to(self.device, model_dtype(self.vae))
+        with torch.no_grad():
+            return self.vae.encode(x, tiled=tiled)
+
+    def encode_source(self, frames: torch.Tensor, reference=None, reference_first: bool | None = None,
+                      tiled: bool = False) -> SourceConditioning:
+        """Source latents, plus reference latents (each reference padded onto a white canvas of the
+        source size, as the release does)."""
+        src = self.encode_video(frames, tiled)
+        ref = None
+        if reference is not None:
+            refs = reference if isinstance(reference, (list, tuple)) else [reference]
+            h, w = frames.shape[1], frames.shape[2]
+            ref = torch.cat([self.encode_video(pad_reference(r, w, h), tiled) for r in refs], dim=2)
+        return SourceConditioning(src, ref, reference_first)
+
+    def decode(self, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.vae.decode(latents.to(self.device, model_dtype(self.vae)), tiled=tiled)
+        return vae_to_frames(x)
+
+    # --- whole edit -------------------------------------------------------------------------------
+    def edit(self, frames: torch.Tensor, instruction: str, reference=None,
+             settings: EditSettings | None = None) -> EditResult:
+        s = settings or EditSettings()
+        frames = self.prepare(frames, s)
+        cond = self.encode_instruction(instruction, frames, reference, with_negative=s.cfg != 1.0)
+        source = self.encode_source(frames, reference, tiled=s.vae_tiled)
+        latents = sample_edit(self.dit, cond, source, s)
+        return EditResult(self.decode(latents, tiled=s.vae_tiled), latents, cond.context, s)
