@@ -61,3 +61,76 @@ def compute_device():
     if mm is not None:
         return mm.get_torch_device()
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# model folders: ComfyUI's folder_paths when running inside ComfyUI, a plain models/ folder otherwise
+# --------------------------------------------------------------------------------------------------
+
+# Outside ComfyUI the nodes (tests, scripts) look for "<models dir>/<kind>/"; ComfyUI's own default
+# alternatives ("unet" for diffusion_models, "clip" for text_encoders) are searched too.
+_ALIASES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip")}
+_models_dir = None
+
+
+def _folder_paths():
+    """ComfyUI's folder_paths module when ComfyUI has imported it (never imported from here)."""
+    return sys.modules.get("folder_paths")
+
+
+def set_models_dir(path) -> None:
+    """Outside ComfyUI: the folder holding kiwi/, diffusion_models/, vae/, text_encoders/, loras/.
+    Default: the environment variable KIWI_MODELS_DIR, else ./models."""
+    global _models_dir
+    _models_dir = None if path is None else str(path)
+
+
+def _fallback_root():
+    import os
+    return _models_dir or os.environ.get("KIWI_MODELS_DIR") or os.path.join(os.getcwd(), "models")
+
+
+def register_model_folder(name: str = "kiwi") -> bool:
+    """Add ``<ComfyUI models>/<name>`` to folder_paths under ``name``, keeping any paths already
+    configured for it (extra_model_paths.yaml). Returns False outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is None:
+        return False
+    import os
+    default = os.path.join(fp.models_dir, name)
+    existing = fp.folder_names_and_paths.get(name)
+    if existing is None or default not in existing[0]:
+        fp.add_model_folder_path(name, default)
+    return True
+
+
+def model_folders(kind: str) -> list:
+    """The folders searched for models of ``kind`` ("kiwi", "diffusion_models", "vae", ...)."""
+    import os
+    fp = _folder_paths()
+    if fp is not None:
+        try:
+            return list(fp.get_folder_paths(kind))
+        except KeyError:
+            return []
+    root = _fallback_root()
+    return [os.path.join(root, alias) for alias in _ALIASES.get(kind, (kind,))]
+
+
+def model_files(kind: str, extensions=(".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt")) -> list:
+    """Model files of ``kind`` as paths relative to their folder (ComfyUI's list when inside it)."""
+    import os
+    fp = _folder_paths()
+    if fp is not None:
+        try:
+            names = fp.get_filename_list(kind)
+        except KeyError:
+            names = []
+    else:
+        names = []
+        for folder in model_folders(kind):
+            for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                names += [os.path.relpath(os.path.join(dirpath, f), folder) for f in filenames]
+    return sorted({n.replace(os.sep, "/") for n in names if n.lower().endswith(tuple(extensions))})
+

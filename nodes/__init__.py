@@ -1,4 +1,21 @@
-"""ComfyUI node classes of comfy-kiwi: thin wrappers that validate inputs and call ``comfy_kiwi``."""
+"""ComfyUI node classes of comfy-kiwi: thin wrappers that validate inputs and call ``comfy_kiwi``.
+
+One module per feature; each defines its own NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS,
+collected here in menu order.
+"""
+
+from . import (decode, judge, load_parts, load_release, lora, mllm_encode, prepare_frames, reference, rewards,
+               sampler, source_encode)
+from .common import kiwi
+
+# models/kiwi/ for whole release folders (only inside ComfyUI; configured paths are kept)
+kiwi("comfy_adapter").register_model_folder("kiwi")
+
+_FEATURES = (load_release, load_parts, lora, prepare_frames, mllm_encode, source_encode, sampler, decode,
+             judge, rewards, reference)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+for _module in _FEATURES:
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

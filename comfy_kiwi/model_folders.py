@@ -1,0 +1,197 @@
+"""Finding models in ComfyUI's model folders, and telling a user clearly when a file is the wrong kind.
+
+Where things go (see docs/COMFYUI.md):
+
+- ``models/kiwi/<release>/``: a whole Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...);
+- ``models/diffusion_models/``: Wan DiT files and Kiwi training checkpoints;
+- ``models/vae/``: Wan VAE files;
+- ``models/text_encoders/<folder>/``: Qwen2.5-VL folders (or a release's MLLM: mllm_encoder/ + processor/);
+- ``models/loras/``: DiT LoRA files.
+
+Each part loader also offers the matching part of every release in ``models/kiwi`` (entries
+starting with ``RELEASE_PREFIX``), so one downloaded release serves the separate-part workflows too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import comfy_adapter
+from .errors import CheckpointError
+
+RELEASE_PREFIX = "kiwi release: "
+KIND_NAMES = {
+    "dit": "a Wan DiT (diffusion model)",
+    "vae": "a Wan VAE",
+    "mllm": "a Qwen2.5-VL / Kiwi MLLM encoder",
+    "lora": "a LoRA",
+    "kiwi-release": "a whole Kiwi-Edit release folder",
+    "kiwi-embedder": "a Kiwi-Edit source/reference embedder",
+    "processor": "a Qwen processor folder",
+}
+LOADER_FOR = {"dit": "Kiwi DiT Loader", "vae": "Kiwi VAE Loader", "mllm": "Kiwi MLLM Loader",
+              "lora": "Kiwi LoRA Loader", "kiwi-release": "Kiwi Release Loader"}
+FOLDER_FOR = {"dit": "diffusion_models", "vae": "vae", "mllm": "text_encoders", "lora": "loras",
+              "kiwi-release": "kiwi"}
+_MAX_DEPTH = 2          # release / MLLM folders may sit one level down (e.g. kiwi/<org>/<name>)
+
+
+# --------------------------------------------------------------------------------------------------
+# recognising folders (cheap: names and config.json only)
+# --------------------------------------------------------------------------------------------------
+
+def is_release_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "transformer").is_dir() and (path / "mllm_encoder").is_dir()
+
+
+def _model_type(config: Path) -> str | None:
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_mllm_folder(path: Path) -> bool:
+    """A Qwen2.5-VL folder, or a folder holding a release's mllm_encoder/ and processor/."""
+    if (path / "mllm_encoder").is_dir() and (path / "processor").is_dir():
+        return True
+    return (path / "config.json").is_file() and _model_type(path / "config.json") == "qwen2_5_vl"
+
+
+def _find_folders(roots, accept) -> list[str]:
+    found = set()
+    for root in map(Path, roots):
+        if not root.is_dir():
+            continue
+        frontier = [root]
+        for _ in range(_MAX_DEPTH):
+            nxt = []
+            for folder in frontier:
+                for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                    if accept(sub):
+                        found.add(sub.relative_to(root).as_posix())
+                    else:
+                        nxt.append(sub)
+            frontier = nxt
+    return sorted(found)
+
+
+def release_names() -> list[str]:
+    """Release folders under every ``kiwi`` model folder (relative names)."""
+    return _find_folders(comfy_adapter.model_folders("kiwi"), is_release_folder)
+
+
+def choices(kind: str) -> list[str]:
+    """The entries a loader of ``kind`` offers: its own folder's models, then the release parts."""
+    releases = release_names()
+    if kind == "kiwi-release":
+        return releases
+    if kind == "mllm":
+        own = _find_folders(comfy_adapter.model_folders("text_encoders"), is_mllm_folder)
+    else:
+        own = comfy_adapter.model_files(FOLDER_FOR[kind])
+    if kind == "lora":
+        return own
+    return own + [RELEASE_PREFIX + r for r in releases]
+
+
+def resolve(kind: str, name: str) -> Path:
+    """The path behind a loader entry; a clear error when it is not there (any more)."""
+    name = (name or "").strip()
+    if not name or name == "none":
+        raise CheckpointError(f"no {KIND_NAMES[kind].split(' (')[0]} selected: put one in "
+                              f"models/{FOLDER_FOR[kind]}/, press R in ComfyUI to refresh, and pick it.")
+    if name.startswith(RELEASE_PREFIX):
+        kind, name = "kiwi-release", name[len(RELEASE_PREFIX):]
+    for root in comfy_adapter.model_folders(FOLDER_FOR[kind]):
+        path = Path(root) / name
+        if path.exists():
+            return path
+    where = ", ".join(str(p) for p in comfy_adapter.model_folders(FOLDER_FOR[kind])) or f"models/{FOLDER_FOR[kind]}"
+    raise CheckpointError(f"'{name}' was not found in {where}; it may have been moved or deleted. "
+                          "Press R in ComfyUI to refresh the lists and pick the model again.")
+
+
+# --------------------------------------------------------------------------------------------------
+# what kind of model is this?
+# --------------------------------------------------------------------------------------------------
+
+def _is_lora_file(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    from .loading.files import open_state_dict
+    try:
+        keys = list(open_state_dict(path))
+    except CheckpointError:
+        return False
+    return bool(keys) and sum(".lora_" in k or k.endswith(".alpha") for k in keys) * 2 > len(keys)
+
+
+def identify(path) -> str | None:
+    """The kind of model at ``path`` (a key of KIND_NAMES), or None when it is none we know.
+    Reads folder layouts and file headers only."""
+    path = Path(path)
+    if is_release_folder(path):
+        return "kiwi-release"
+    if path.is_dir() and path.name == "processor" and not (path / "config.json").exists():
+        return "processor"
+    if _is_lora_file(path):
+        return "lora"
+    from .loading.dit_loader import describe_dit
+    from .loading.vae_loader import describe_vae
+    from .mllm.loader import describe_mllm
+    for describe in (describe_dit, describe_vae, describe_mllm):
+        try:
+            info = describe(path)
+        except CheckpointError:
+            info = None
+        if info is not None:
+            kind = info.get("kind", "")
+            if kind.startswith(("kiwi-release-mllm", "kiwi-training-checkpoint", "qwen")):
+                return "mllm"
+            return kind if kind in KIND_NAMES else None
+    return None
+
+
+def check_kind(path, wanted: str, shown_name: str | None = None) -> None:
+    """Raise a CheckpointError a ComfyUI user understands when ``path`` is not a ``wanted`` model."""
+    path = Path(path)
+    shown = shown_name or path.name
+    found = identify(path)
+    if found == wanted:
+        return
+    if found == "kiwi-release":
+        _check_release_part(path, wanted, shown)
+        return
+    if found is None:
+        raise CheckpointError(f"'{shown}' is not a model this node can read: expected {KIND_NAMES[wanted]} "
+                              f"in models/{FOLDER_FOR[wanted]}/. The file may be incomplete, or a kind of model "
+                              "comfy-kiwi does not support.")
+    hint = f"; load it with {LOADER_FOR[found]}" if found in LOADER_FOR else ""
+    raise CheckpointError(f"'{shown}' is {KIND_NAMES[found]}, not {KIND_NAMES[wanted]}{hint}.")
+
+
+_RELEASE_PARTS = {"dit": ("transformer",), "vae": ("vae",), "mllm": ("mllm_encoder", "processor"),
+                  "kiwi-release": ("transformer", "vae", "mllm_encoder", "processor")}
+
+
+def _check_release_part(root: Path, wanted: str, shown: str) -> None:
+    if wanted not in _RELEASE_PARTS:
+        raise CheckpointError(f"'{shown}' is {KIND_NAMES['kiwi-release']}, not {KIND_NAMES[wanted]}.")
+    missing = [p for p in _RELEASE_PARTS[wanted] if not (root / p).is_dir()]
+    if missing:
+        raise CheckpointError(f"release folder '{shown}' is incomplete: missing {', '.join(p + '/' for p in missing)}"
+                              " (download the whole Hugging Face repository into models/kiwi/).")
+
+
+def check_release(path, shown_name: str | None = None) -> None:
+    """A release folder with every part the release loader needs."""
+    path = Path(path)
+    shown = shown_name or path.name
+    if not is_release_folder(path):
+        found = identify(path) if path.exists() else None
+        what = f" (it is {KIND_NAMES[found]})" if found else ""
+        raise CheckpointError(f"'{shown}' is not a Kiwi-Edit release folder{what}: expected a folder in models/kiwi/ "
+                              "holding transformer/, vae/, mllm_encoder/, processor/ and source_embedder/.")
+    _check_release_part(path, "kiwi-release", shown)

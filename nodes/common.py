@@ -1,0 +1,97 @@
+"""Shared pieces of the Kiwi Edit nodes: custom type names, categories, option lists, small converters.
+
+Custom types flowing between the nodes (none of them is a ComfyUI MODEL/VAE/LATENT: ComfyUI's own
+nodes cannot use them, and pretending otherwise would fail in confusing ways):
+
+- KIWI_DIT           comfy_kiwi.models.dit_lora.DiTHandle (the DiT + LoRAs to apply while sampling)
+- KIWI_VAE           comfy_kiwi.models.wan_vae.WanVAE
+- KIWI_MLLM          comfy_kiwi.mllm.encoder.MLLMEncoder
+- KIWI_CONDITIONING  comfy_kiwi.pipeline.EditConditioning (MLLM context, optional CFG negative)
+- KIWI_SOURCE        comfy_kiwi.pipeline.SourceConditioning (source + reference latents)
+- KIWI_LATENT        torch.Tensor [1, C, f, h, w]: normalised Wan latents
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+log = logging.getLogger("comfy_kiwi.nodes")
+
+KIWI_DIT = "KIWI_DIT"
+KIWI_VAE = "KIWI_VAE"
+KIWI_MLLM = "KIWI_MLLM"
+KIWI_CONDITIONING = "KIWI_CONDITIONING"
+KIWI_SOURCE = "KIWI_SOURCE"
+KIWI_LATENT = "KIWI_LATENT"
+
+CATEGORY_LOADERS = "Kiwi Edit/loaders"
+CATEGORY_FRAMES = "Kiwi Edit/frames"
+CATEGORY_CONDITIONING = "Kiwi Edit/conditioning"
+CATEGORY_SAMPLING = "Kiwi Edit/sampling"
+CATEGORY_LATENT = "Kiwi Edit/latent"
+
+DTYPES = ["auto", "bf16", "fp16", "fp32"]
+DIT_DTYPES = DTYPES + ["fp8_e4m3fn"]
+DEVICES = ["auto", "cpu"]
+ATTENTION = ["auto", "sdpa", "xformers", "flash", "sage"]
+
+DEVICE_TIP = ("Where the weights stay between runs. auto: on ComfyUI's device (GPU when there is one). "
+              "cpu: in RAM, moved to the GPU only while this model runs (less VRAM, slower).")
+DTYPE_TIP = "Precision of the weights. auto: bf16 on a GPU, fp32 on the CPU."
+
+
+def kiwi(module: str = ""):
+    """Import ``comfy_kiwi[.module]``: the installed library, or the copy inside this node pack when the
+    pack was cloned into custom_nodes/ without ``pip install -e .``."""
+    name = "comfy_kiwi" + (f".{module}" if module else "")
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        pack = __package__.rsplit(".", 1)[0] if __package__ and "." in __package__ else None
+        if pack is None or not (e.name or "").startswith("comfy_kiwi"):
+            raise
+        return importlib.import_module(f"{pack}.{name}")
+
+
+def tip(text: str, **extra) -> dict:
+    """Input options with the tooltip first (every input of every Kiwi node has one)."""
+    return {"tooltip": text, **extra}
+
+
+def torch_dtype(name: str):
+    """A dtype choice → torch dtype; "auto" picks by the compute device."""
+    import torch
+    if name == "auto":
+        device = kiwi("comfy_adapter").compute_device()
+        if torch.device(device).type == "cpu":
+            return torch.float32
+        return torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+            "fp8_e4m3fn": torch.float8_e4m3fn}[name]
+
+
+def as_frames(images, what: str):
+    """A ComfyUI IMAGE [B,H,W,C] (any float dtype/device) → float32 CPU frames, or a clear error."""
+    frames = kiwi("frames")
+    return frames.check_frames(images.detach().cpu() if hasattr(images, "detach") else images, what)
+
+
+def single_image(image, what: str = "reference"):
+    """The one image of an IMAGE batch, as [1,H,W,3]; several images are an error, not silently dropped."""
+    img = as_frames(image, what)
+    if img.shape[0] != 1:
+        raise kiwi("errors").InputError(
+            f"the {what} input holds {img.shape[0]} images; connect a single image (e.g. pick one frame with "
+            "an image batch node).")
+    return img
+
+
+def files_fingerprint(kind: str, name: str) -> str:
+    """For IS_CHANGED: changes when the model's files change on disk, so ComfyUI re-runs the loader
+    (whose cache then reloads) instead of reusing its cached output."""
+    try:
+        path = kiwi("model_folders").resolve(kind, name)
+    except kiwi("errors").KiwiError:
+        return "missing"
+    return str(hash(kiwi("model_cache").files_stamp(path)))

@@ -1,0 +1,85 @@
+"""Kiwi Sampler: the flow-matching Euler sampler of Kiwi-Edit, with ComfyUI's progress bar and cancel."""
+
+from __future__ import annotations
+
+from .common import CATEGORY_SAMPLING, KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, kiwi, tip
+
+
+def check_compatible(dit, cond, source, cfg: float) -> None:
+    """Mismatched parts fail here with a message naming the fix, not deep inside the model."""
+    InputError = kiwi("errors").InputError
+    model, c = dit.model, dit.model.config
+    if source.source_latents is None:
+        raise InputError("the source has no latents; connect Kiwi Encode Source.")
+    if getattr(model, "source_embedder", None) is None:
+        raise InputError("this DiT has no Kiwi-Edit source embedder, so it cannot edit a video. Load a Kiwi-Edit "
+                         "release (Kiwi Release Loader) or a Kiwi training checkpoint with Kiwi DiT Loader.")
+    channels = source.source_latents.shape[1]
+    if channels != c.in_dim:
+        raise InputError(f"the source was encoded by a VAE with {channels} latent channels, but this DiT takes "
+                         f"{c.in_dim}. Use the VAE that belongs to the DiT (Wan2.2 VAE for the 5B Kiwi-Edit models).")
+    width = cond.context.shape[-1]
+    if width != c.dim:
+        raise InputError(f"the conditioning is {width} wide but this DiT takes {c.dim}-wide context: the MLLM "
+                         "encoder belongs to a different model. Load DiT and MLLM from the same release.")
+    ref = source.reference_latents
+    if ref is not None:
+        if getattr(model, "ref_embedder", None) is None:
+            raise InputError("a reference image was given, but this DiT was not trained with references (an "
+                             "instruction-only release). Disconnect the reference from Kiwi Encode Source, or load "
+                             "a reference-only or instruct-reference release.")
+        if tuple(ref.shape[3:]) != tuple(source.source_latents.shape[3:]):
+            raise InputError(f"the reference latents are {tuple(ref.shape[3:])} but the source latents "
+                             f"{tuple(source.source_latents.shape[3:])}: encode the reference together with the "
+                             "source in one Kiwi Encode Source node (it fits the reference to the source size).")
+    if cfg != 1.0 and cond.negative is None:
+        raise InputError(f"cfg is {cfg:g} but the conditioning has no negative: turn on encode_negative in Kiwi "
+                         "MLLM Encode, or set cfg to 1.0 (no guidance, as the releases do).")
+
+
+class KiwiSampler:
+    DESCRIPTION = ("Generate the edited video latents: Euler steps on the shifted flow-matching schedule of "
+                   "Kiwi-Edit (defaults = the release: 50 steps, shift 5, cfg 1). The DiT sees the noisy latents "
+                   "plus the source latents scaled by the noise level, the reference tokens, and the MLLM context. "
+                   "Shows progress and stops at the next step when the queue is cancelled.")
+    CATEGORY = CATEGORY_SAMPLING
+    FUNCTION = "sample"
+    RETURN_TYPES = (KIWI_LATENT,)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Edited Wan latents (normalised), for Kiwi VAE Decode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dit": (KIWI_DIT, tip("The DiT (with any LoRAs) from a Kiwi loader.")),
+            "conditioning": (KIWI_CONDITIONING, tip("The instruction context from Kiwi MLLM Encode.")),
+            "source": (KIWI_SOURCE, tip("Source (and reference) latents from Kiwi Encode Source.")),
+            "seed": ("INT", tip("Seed of the starting noise (drawn on the CPU, so a seed gives the same result on "
+                                "every machine).", default=0, min=0, max=0xffffffffffffffff,
+                                control_after_generate=True)),
+            "steps": ("INT", tip("Sampling steps. The release uses 50; 20-30 are often enough.",
+                                 default=50, min=1, max=1000)),
+            "shift": ("FLOAT", tip("Schedule shift: higher spends more steps at high noise. The release uses 5.",
+                                   default=5.0, min=0.01, max=100.0, step=0.01)),
+            "cfg": ("FLOAT", tip("Classifier-free guidance on the instruction. 1.0 = off (the release); > 1 needs "
+                                 "encode_negative in Kiwi MLLM Encode and doubles the work per step.",
+                                 default=1.0, min=0.0, max=30.0, step=0.1, round=0.01)),
+            "denoise": ("FLOAT", tip("1.0 starts from pure noise. Lower values start from the noised source and "
+                                     "keep more of it (weaker edits).", default=1.0, min=0.01, max=1.0, step=0.01)),
+            "schedule": (["kiwi", "diffusers"], tip("Last noise level: kiwi goes down to 0 (training/benchmark code), "
+                                                    "diffusers stops at 0.003 (the diffusers pipeline of the release).",
+                                                    default="kiwi")),
+        }}
+
+    def sample(self, dit, conditioning, source, seed, steps, shift, cfg, denoise, schedule):
+        check_compatible(dit, conditioning, source, float(cfg))
+        pipeline, placement = kiwi("pipeline"), kiwi("placement")
+        settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), schedule=schedule, cfg=float(cfg),
+                                         seed=int(seed), denoise=float(denoise), progress=True)
+        with placement.on_device(dit.model), dit.applied():
+            latents = pipeline.sample_edit(dit.model, conditioning, source, settings)
+        return (latents.float().cpu(),)
+
+
+NODE_CLASS_MAPPINGS = {"KiwiSampler": KiwiSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"KiwiSampler": "Kiwi Sampler"}

@@ -1,0 +1,363 @@
+"""A small stand-in for ComfyUI's loader and executor, for the layer-3 node and workflow tests.
+
+- :func:`load_pack` imports the repository's root ``__init__.py`` the way ComfyUI imports a custom
+  node folder (``spec_from_file_location`` under a path-like module name).
+- :func:`definitions` turns node classes into ``/object_info``-style definitions; :func:`ui_to_prompt`
+  converts a UI-format workflow into an API prompt using such definitions — the same function
+  converts workflows for a real ComfyUI server from its ``/object_info`` (tests/test_real_comfyui.py).
+- :func:`validate_prompt` and :func:`execute_prompt` follow ComfyUI's semantics for classic nodes:
+  linked types must match, constants must be in range / in the combo list unless the node's
+  VALIDATE_INPUTS takes that input, then nodes run in dependency order with keyword arguments.
+- ``NATIVE_DOUBLES``: test doubles of the native ComfyUI nodes the workflows use (LoadVideo,
+  GetVideoComponents, CreateVideo, SaveVideo, LoadImage, SaveImage, PreviewImage), with the same
+  inputs, widget order and outputs, doing file IO through comfy_kiwi.video_io. Only this layer uses them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}   # frontend-only, never sent to the server
+UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "upload")
+
+
+# --------------------------------------------------------------------------------------------------
+# loading the pack
+# --------------------------------------------------------------------------------------------------
+
+def load_pack(root: Path):
+    """Import ``root/__init__.py`` as ComfyUI's ``load_custom_node`` does (module name = the path)."""
+    name = str(root).replace(".", "_x_")
+    spec = importlib.util.spec_from_file_location(name, Path(root) / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _listify(spec):
+    return [list(spec[0]) if isinstance(spec[0], (list, tuple)) else spec[0], dict(spec[1]) if len(spec) > 1 else {}]
+
+
+def definitions(classes: dict) -> dict:
+    """``/object_info``-style definitions of classic node classes."""
+    out = {}
+    for name, cls in classes.items():
+        types = cls.INPUT_TYPES()
+        out[name] = {
+            "input": {sec: {k: _listify(v) for k, v in types.get(sec, {}).items()} for sec in ("required", "optional")},
+            "output": list(cls.RETURN_TYPES),
+            "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),
+            "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+            "category": getattr(cls, "CATEGORY", ""),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# UI workflow → API prompt
+# --------------------------------------------------------------------------------------------------
+
+def is_widget(spec) -> bool:
+    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+    if opts.get("forceInput") or opts.get("rawLink"):
+        return False
+    return isinstance(kind, list) or kind in WIDGET_TYPES or kind == DYNAMIC_COMBO
+
+
+def _take_widgets(inputs: dict, values: list, out: dict, prefix: str = "") -> None:
+    """Assign widget values in declaration order, as the frontend saved them."""
+    for section in ("required", "optional"):
+        for name, spec in inputs.get(section, {}).items():
+            if not is_widget(spec):
+                continue
+            opts = spec[1] if len(spec) > 1 else {}
+            if opts.get("hidden"):
+                continue                       # hidden widgets are not shown, nor saved
+            if not values:
+                return                         # older saves lack trailing optional widgets: defaults apply
+            value = values.pop(0)
+            out[prefix + name] = value
+            if opts.get("control_after_generate") and values:
+                values.pop(0)                  # "fixed" / "randomize" ...: frontend-only
+            if any(opts.get(flag) for flag in UPLOAD_FLAGS) and values:
+                values.pop(0)                  # the upload button's value
+            if spec[0] == DYNAMIC_COMBO:
+                option = next((o for o in opts.get("options", []) if o.get("key") == value), None)
+                if option is not None:
+                    _take_widgets(option.get("inputs", {}), values, out, prefix + name + ".")
+
+
+def ui_to_prompt(workflow: dict, defs: dict) -> dict:
+    """API prompt ``{id: {"class_type", "inputs"}}`` of a UI-format (version 0.4) workflow."""
+    links = {link[0]: link for link in workflow["links"]}
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in VIRTUAL_NODES or node.get("mode", 0) in (2, 4):
+            if node.get("mode", 0) == 4:
+                raise NotImplementedError("bypassed nodes are not supported by this converter")
+            continue
+        if node["type"] not in defs:
+            raise KeyError(f"node {node['id']}: unknown node type {node['type']!r}")
+        inputs: dict = {}
+        _take_widgets(defs[node["type"]]["input"], list(node.get("widgets_values") or []), inputs)
+        for entry in node.get("inputs", []):
+            if entry.get("link") is None:
+                continue
+            _, origin, slot, _, _, _ = links[entry["link"]]
+            if nodes[origin]["type"] in VIRTUAL_NODES:
+                raise NotImplementedError("links from frontend-only nodes are not supported")
+            inputs[entry["name"]] = [str(origin), int(slot)]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+# --------------------------------------------------------------------------------------------------
+# validation and execution (classic nodes)
+# --------------------------------------------------------------------------------------------------
+
+class WorkflowError(Exception):
+    """Validation or execution failed; ``str()`` is what ComfyUI would show the user."""
+
+
+def _types_match(received: str, expected) -> bool:
+    if isinstance(expected, list):
+        expected = "COMBO"
+    return received == expected or "*" in (received, expected) or \
+        set(str(received).split(",")) & set(str(expected).split(","))
+
+
+def validate_prompt(prompt: dict, classes: dict) -> list[str]:
+    """ComfyUI-like checks; returns the error messages (empty when the prompt may run)."""
+    errors = []
+    for nid, node in prompt.items():
+        cls = classes[node["class_type"]]
+        types = cls.INPUT_TYPES()
+        custom = getattr(cls, "VALIDATE_INPUTS", None)
+        custom_args = set(inspect.signature(custom).parameters) if custom else set()
+        constants = {}
+        for section in ("required", "optional"):
+            for name, spec in types.get(section, {}).items():
+                kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+                if name not in node["inputs"]:
+                    if section == "required":
+                        errors.append(f"{node['class_type']} #{nid}: required input '{name}' is missing")
+                    continue
+                value = node["inputs"][name]
+                if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                    src = classes[prompt[value[0]]["class_type"]].RETURN_TYPES[value[1]]
+                    if not _types_match(src, kind):
+                        errors.append(f"{node['class_type']} #{nid}: input '{name}' receives {src}, expects {kind}")
+                    continue
+                constants[name] = value
+                if name in custom_args:
+                    continue
+                if "min" in opts and value < opts["min"] or "max" in opts and value > opts["max"]:
+                    errors.append(f"{node['class_type']} #{nid}: {name}={value} outside [{opts.get('min')}, "
+                                  f"{opts.get('max')}]")
+                if isinstance(kind, list) and value not in kind:
+                    errors.append(f"{node['class_type']} #{nid}: {name}={value!r} not in the list {kind[:8]}")
+        if custom:
+            result = custom(**{k: v for k, v in constants.items() if k in custom_args})
+            if result is not True:
+                errors.append(f"{node['class_type']} #{nid}: {result}")
+    return errors
+
+
+def _order(prompt: dict) -> list[str]:
+    done, order = set(), []
+
+    def visit(nid: str, stack=()):
+        if nid in done:
+            return
+        if nid in stack:
+            raise WorkflowError(f"dependency cycle through node {nid}")
+        for value in prompt[nid]["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                visit(value[0], (*stack, nid))
+        done.add(nid)
+        order.append(nid)
+
+    for nid in prompt:
+        visit(nid)
+    return order
+
+
+def execute_prompt(prompt: dict, classes: dict) -> dict:
+    """Validate, then run every node in dependency order; returns ``{node id: outputs tuple}``."""
+    errors = validate_prompt(prompt, classes)
+    if errors:
+        raise WorkflowError("Prompt outputs failed validation:\n" + "\n".join(errors))
+    results: dict = {}
+    for nid in _order(prompt):
+        node = prompt[nid]
+        cls = classes[node["class_type"]]
+        kwargs = {}
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                value = results[value[0]][value[1]]
+            kwargs[name] = value
+        try:
+            results[nid] = getattr(cls(), cls.FUNCTION)(**kwargs)
+        except Exception as e:
+            raise WorkflowError(f"{node['class_type']} #{nid}: {type(e).__name__}: {e}") from e
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# test doubles of ComfyUI's native nodes
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Dirs:
+    input: Path = Path(".")
+    output: Path = Path(".")
+
+
+DIRS = Dirs()
+
+
+@dataclass
+class VideoDouble:
+    images: torch.Tensor       # [F, H, W, 3]
+    fps: float
+    audio: object = None
+
+
+class LoadVideo:
+    CATEGORY, FUNCTION, RETURN_TYPES = "video", "load", ("VIDEO",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = sorted(p.name for p in DIRS.input.iterdir() if p.suffix in (".mp4", ".webm", ".mov", ".mkv"))
+        return {"required": {"file": (files, {"video_upload": True})}}
+
+    def load(self, file):
+        from comfy_kiwi.video_io import read_video
+        frames, fps = read_video(DIRS.input / file)
+        return (VideoDouble(frames, float(fps)),)
+
+
+class GetVideoComponents:
+    CATEGORY, FUNCTION = "video", "split"
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT", "INT", "COMBO")
+    RETURN_NAMES = ("images", "audio", "fps", "bit_depth", "color_space")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("VIDEO",)}}
+
+    def split(self, video):
+        return (video.images, video.audio, video.fps, 8, "auto")
+
+
+class CreateVideo:
+    CATEGORY, FUNCTION, RETURN_TYPES = "video", "create", ("VIDEO",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "fps": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0})},
+                "optional": {"audio": ("AUDIO",), "bit_depth": ("INT", {"default": 8, "min": 8, "max": 10})}}
+
+    def create(self, images, fps, audio=None, bit_depth=8):
+        assert images.ndim == 4 and images.shape[-1] == 3 and images.dtype == torch.float32
+        return (VideoDouble(images, float(Fraction(fps)), audio),)
+
+
+class SaveVideo:
+    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "video", "save", ("VIDEO",), True
+    saved: list = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("VIDEO",), "filename_prefix": ("STRING", {"default": "video/ComfyUI"}),
+                             "format": (["auto", "mp4", "mkv", "webm"],), "codec": (["auto", "h264", "av1"],)}}
+
+    def save(self, video, filename_prefix, format, codec):
+        from comfy_kiwi.video_io import write_video
+        path = DIRS.output / f"{filename_prefix}_{len(SaveVideo.saved):05}_.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, video.images, video.fps)
+        SaveVideo.saved.append(path)
+        return (video,)
+
+
+class LoadImage:
+    CATEGORY, FUNCTION, RETURN_TYPES = "image", "load", ("IMAGE", "MASK")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = sorted(p.name for p in DIRS.input.iterdir() if p.suffix in (".png", ".jpg", ".webp"))
+        return {"required": {"image": (files, {"image_upload": True})}}
+
+    def load(self, image):
+        from comfy_kiwi.frames import load_image
+        img = load_image(DIRS.input / image)
+        return (img, torch.zeros(1, img.shape[1], img.shape[2]))
+
+
+class SaveImage:
+    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "image", "save", ("IMAGE",), True
+    RETURN_NAMES = ("images",)
+    saved: list = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}
+
+    def save(self, images, filename_prefix="ComfyUI"):
+        from comfy_kiwi.frames import to_pil
+        for img in images:
+            path = DIRS.output / f"{filename_prefix}_{len(SaveImage.saved):05}_.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            to_pil(img).save(path)
+            SaveImage.saved.append(path)
+        return (images,)
+
+
+class PreviewImage(SaveImage):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+
+NATIVE_DOUBLES = {c.__name__: c for c in (LoadVideo, GetVideoComponents, CreateVideo, SaveVideo, LoadImage,
+                                          SaveImage, PreviewImage)}
+
+
+# --------------------------------------------------------------------------------------------------
+# environment: tiny models + input files
+# --------------------------------------------------------------------------------------------------
+
+def write_inputs(input_dir: Path) -> None:
+    """The input files the shipped workflows name: a short video, a source image, a reference image."""
+    from comfy_kiwi.frames import to_pil
+    from comfy_kiwi.testing.tiny_release import tiny_video_frames
+    from comfy_kiwi.video_io import write_video
+    input_dir.mkdir(parents=True, exist_ok=True)
+    write_video(input_dir / "kiwi_source.mp4", tiny_video_frames(6, 72, 88), 8)   # 6 frames: trimmed to 5
+    to_pil(tiny_video_frames(1, 80, 96, seed=1)[0]).save(input_dir / "kiwi_source.png")
+    to_pil(tiny_video_frames(1, 40, 56, seed=2)[0]).save(input_dir / "kiwi_reference.png")
+
+
+def setup_environment(base: Path):
+    """Tiny models (``comfy_kiwi.testing.tiny_release``) as the models folder, plus input/output folders.
+    Returns the TinyKiwiModels description."""
+    from comfy_kiwi import comfy_adapter
+    from comfy_kiwi.testing.tiny_release import tiny_models_dir
+    models = tiny_models_dir()
+    comfy_adapter.set_models_dir(models.models_dir)
+    DIRS.input, DIRS.output = base / "input", base / "output"
+    write_inputs(DIRS.input)
+    DIRS.output.mkdir(parents=True, exist_ok=True)
+    return models

@@ -1,0 +1,159 @@
+"""Layer 3: every workflow in workflows/ runs end to end through the pack's NODE_CLASS_MAPPINGS on tiny models.
+
+The pack is imported the way ComfyUI imports it; native video/image nodes are test doubles
+(tests/comfy_harness.py). The committed JSON files must equal what tools/build_workflows.py writes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import comfy_harness as H
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    models = H.setup_environment(tmp_path_factory.mktemp("comfy"))
+    pack = H.load_pack(ROOT)
+    classes = {**pack.NODE_CLASS_MAPPINGS, **H.NATIVE_DOUBLES}
+    return {"models": models, "pack": pack, "classes": classes, "defs": H.definitions(classes)}
+
+
+def _load(name: str) -> dict:
+    return json.loads((ROOT / "workflows" / name).read_text())
+
+
+def test_there_are_the_four_workflows():
+    names = {p.name for p in WORKFLOWS}
+    assert {"kiwi_instruction_video_edit.json", "kiwi_reference_video_edit.json", "kiwi_image_edit.json",
+            "kiwi_all_parts.json"} <= names
+
+
+def test_committed_workflows_match_the_builder(env):
+    spec = importlib.util.spec_from_file_location("build_workflows", ROOT / "tools" / "build_workflows.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    built = builder.build_all(env["pack"])
+    for path in WORKFLOWS:
+        assert json.loads(path.read_text()) == built[path.name], f"{path.name} is stale: run tools/build_workflows.py"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_format(path):
+    wf = json.loads(path.read_text())
+    assert wf["version"] == 0.4 and {"nodes", "links", "groups", "config", "extra"} <= set(wf)
+    ids = {n["id"] for n in wf["nodes"]}
+    assert wf["last_node_id"] == max(ids) and wf["last_link_id"] == max(link[0] for link in wf["links"])
+    for link_id, origin, o_slot, target, t_slot, typ in wf["links"]:
+        src = next(n for n in wf["nodes"] if n["id"] == origin)
+        dst = next(n for n in wf["nodes"] if n["id"] == target)
+        assert link_id in src["outputs"][o_slot]["links"] and src["outputs"][o_slot]["type"] == typ
+        assert dst["inputs"][t_slot]["link"] == link_id and dst["inputs"][t_slot]["type"] == typ
+    loaders = [n for n in wf["nodes"] if n["type"].startswith("Kiwi") and n["type"].endswith("Loader")
+               and n["type"] != "KiwiLoraLoader"]
+    assert loaders
+    for node in loaders:
+        models = node["properties"].get("models")
+        assert models, f"{node['type']} has no download hints"
+        for m in models:
+            assert set(m) == {"name", "url", "directory"} and m["url"].startswith("https://huggingface.co/")
+            assert m["name"].endswith(".safetensors")
+
+
+def _run(env, wf: dict) -> dict:
+    prompt = H.ui_to_prompt(wf, env["defs"])
+    return prompt, H.execute_prompt(prompt, env["classes"])
+
+
+def _outputs_of(prompt, results, class_type):
+    return [results[nid] for nid, node in prompt.items() if node["class_type"] == class_type]
+
+
+@pytest.mark.parametrize("name", ["kiwi_instruction_video_edit.json", "kiwi_reference_video_edit.json",
+                                  "kiwi_all_parts.json"])
+def test_video_workflow_runs(env, name):
+    from comfy_kiwi.video_io import read_video
+    before = len(H.SaveVideo.saved)
+    prompt, results = _run(env, _load(name))
+    (frames,) = _outputs_of(prompt, results, "KiwiVAEDecode")[0]
+    assert tuple(frames.shape) == (5, 64, 64, 3) and frames.dtype.is_floating_point
+    assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
+    assert len(H.SaveVideo.saved) == before + 1
+    video, fps = read_video(H.SaveVideo.saved[-1])
+    assert video.shape[0] == 5 and float(fps) == 8.0          # the source's frame rate is kept
+
+
+def test_image_workflow_runs(env):
+    before = len(H.SaveImage.saved)
+    prompt, results = _run(env, _load("kiwi_image_edit.json"))
+    (frames,) = _outputs_of(prompt, results, "KiwiVAEDecode")[0]
+    assert tuple(frames.shape) == (1, 64, 96, 3)
+    assert len(H.SaveImage.saved) == before + 1 and H.SaveImage.saved[-1].exists()
+
+
+def test_parts_workflow_with_lora_and_training_checkpoint(env):
+    """The same graph with loose files: a Kiwi training checkpoint, a LoRA, a Qwen folder + checkpoint is
+    not needed (the release MLLM stays); results differ from the run without LoRA."""
+    wf = _load("kiwi_all_parts.json")
+    prompt = H.ui_to_prompt(wf, env["defs"])
+    plain = H.execute_prompt(prompt, env["classes"])
+    for node in prompt.values():
+        if node["class_type"] == "KiwiDiTLoader":
+            node["inputs"]["dit_name"] = "kiwi_tiny_dit.safetensors"
+    base = H.execute_prompt(prompt, env["classes"])
+    for node in prompt.values():
+        if node["class_type"] == "KiwiLoraLoader":
+            node["inputs"]["lora_name"] = "kiwi_tiny_lora.safetensors"
+    with_lora = H.execute_prompt(prompt, env["classes"])
+    latent = {k: _outputs_of(prompt, r, "KiwiSampler")[0][0] for k, r in
+              (("plain", plain), ("base", base), ("lora", with_lora))}
+    assert latent["plain"].shape == latent["base"].shape == latent["lora"].shape
+    assert not latent["base"].equal(latent["lora"])
+    # the cached DiT is untouched by the LoRA run: sampling again without it gives the same latents
+    for node in prompt.values():
+        if node["class_type"] == "KiwiLoraLoader":
+            node["inputs"]["lora_name"] = "none"
+    again = H.execute_prompt(prompt, env["classes"])
+    assert _outputs_of(prompt, again, "KiwiSampler")[0][0].equal(latent["base"])
+
+
+def test_user_error_surfaces_as_a_clear_message(env):
+    """A VAE file put into diffusion_models and picked in the DiT loader is refused at validation,
+    naming the loader it belongs to; a file that vanished is named with the folders searched."""
+    parts = env["models"].parts
+    misplaced = parts["dit"].parent / "misplaced_vae.safetensors"
+    shutil.copy(parts["vae"], misplaced)
+    wf = _load("kiwi_all_parts.json")
+    prompt = H.ui_to_prompt(wf, env["defs"])
+    for node in prompt.values():
+        if node["class_type"] == "KiwiDiTLoader":
+            node["inputs"]["dit_name"] = "misplaced_vae.safetensors"
+    try:
+        with pytest.raises(H.WorkflowError) as e:
+            H.execute_prompt(prompt, env["classes"])
+    finally:
+        misplaced.unlink()
+    msg = str(e.value)
+    assert "'misplaced_vae.safetensors' is a Wan VAE, not a Wan DiT" in msg and "Kiwi VAE Loader" in msg
+    with pytest.raises(H.WorkflowError) as e:
+        H.execute_prompt(prompt, env["classes"])
+    assert "'misplaced_vae.safetensors' was not found in" in str(e.value) and "diffusion_models" in str(e.value)
+
+
+def test_reference_with_an_instruction_only_release_is_explained(env):
+    wf = _load("kiwi_reference_video_edit.json")
+    prompt = H.ui_to_prompt(wf, env["defs"])
+    for node in prompt.values():
+        if node["class_type"] == "KiwiReleaseLoader":
+            node["inputs"]["release"] = "kiwi-edit-5b-instruct-only-diffusers"
+    with pytest.raises(H.WorkflowError) as e:
+        H.execute_prompt(prompt, env["classes"])
+    assert "no reference branch" in str(e.value) and "instruct-reference" in str(e.value)

@@ -1,0 +1,342 @@
+"""Write the ComfyUI workflows in workflows/ (UI format, version 0.4) from one description each.
+
+    python tools/build_workflows.py          # rewrites workflows/*.json
+
+Node ids, slots and link ids are assigned here, so every file stays consistent with the node
+definitions: widget values are given by input name and written in the order the node declares its
+widgets (with the extra "control_after_generate" value after seeds, and the upload-button value
+after LoadImage / LoadVideo file pickers, as ComfyUI's frontend saves them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "workflows"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+HF = "https://huggingface.co"
+RELEASES = {
+    "instruct-only": "kiwi-edit-5b-instruct-only-diffusers",
+    "reference-only": "kiwi-edit-5b-reference-only-diffusers",
+    "instruct-reference": "kiwi-edit-5b-instruct-reference-diffusers",
+}
+# weight files of a release (config/tokenizer files come with the folder: see docs/COMFYUI.md)
+RELEASE_FILES = ["transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "mllm_encoder/diffusion_pytorch_model.safetensors", "mllm_encoder/model-00001-of-00002.safetensors",
+                 "mllm_encoder/model-00002-of-00002.safetensors", "source_embedder/diffusion_pytorch_model.safetensors"]
+REF_FILES = ["ref_embedder/diffusion_pytorch_model.safetensors"]
+WAN22_VAE = {"name": "wan2.2_vae.safetensors", "directory": "vae",
+             "url": f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan2.2_vae.safetensors"}
+
+
+def release_models(kind: str, parts=None) -> list[dict]:
+    """Download hints of a release's weight files (all, or those under the given part folders)."""
+    repo = RELEASES[kind]
+    files = RELEASE_FILES + (REF_FILES if kind != "instruct-only" else [])
+    if parts:
+        files = [f for f in files if f.split("/")[0] in parts]
+    return [{"name": f"{repo}/{f}", "url": f"{HF}/linyq/{repo}/resolve/main/{f}", "directory": "kiwi"} for f in files]
+
+
+# Native ComfyUI nodes the workflows use: sockets and widgets in ComfyUI's order (checked against a real
+# ComfyUI by tests/test_real_comfyui.py). (name, type, optional) for inputs; widgets as names.
+NATIVE = {
+    "LoadVideo": {"inputs": [], "widgets": ["file", "+upload"], "outputs": [("VIDEO", "VIDEO")]},
+    "GetVideoComponents": {"inputs": [("video", "VIDEO", False)], "widgets": [],
+                           "outputs": [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT"),
+                                       ("bit_depth", "INT"), ("color_space", "COMBO")]},
+    "CreateVideo": {"inputs": [("images", "IMAGE", False), ("audio", "AUDIO", True)],
+                    "widgets": ["fps", "bit_depth"], "widget_types": {"fps": "FLOAT", "bit_depth": "INT"},
+                    "outputs": [("VIDEO", "VIDEO")]},
+    "SaveVideo": {"inputs": [("video", "VIDEO", False)], "widgets": ["filename_prefix", "format", "codec"],
+                  "outputs": [("video", "VIDEO")], "output_node": True},
+    "LoadImage": {"inputs": [], "widgets": ["image", "+upload"], "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")]},
+    "SaveImage": {"inputs": [("images", "IMAGE", False)], "widgets": ["filename_prefix"],
+                  "outputs": [("images", "IMAGE")], "output_node": True},
+    "Note": {"inputs": [], "widgets": ["text"], "outputs": []},
+}
+UPLOAD_VALUE = "image"          # what the frontend stores for the upload button of LoadImage / LoadVideo
+
+
+def load_pack():
+    """The node pack, imported the way ComfyUI imports custom nodes (path-like module name)."""
+    name = str(ROOT).replace(".", "_x_")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _is_widget(spec) -> bool:
+    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
+
+
+def kiwi_layout(cls) -> dict:
+    """Sockets, widgets and outputs of one of our node classes, in declaration order."""
+    types = cls.INPUT_TYPES()
+    inputs, widgets, wtypes = [], [], {}
+    for section in ("required", "optional"):
+        for name, spec in types.get(section, {}).items():
+            if _is_widget(spec):
+                widgets.append(name)
+                wtypes[name] = "COMBO" if isinstance(spec[0], list) else spec[0]
+                if (spec[1] if len(spec) > 1 else {}).get("control_after_generate"):
+                    widgets.append("+control")
+            else:
+                inputs.append((name, spec[0], section == "optional"))
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    return {"inputs": inputs, "widgets": widgets, "widget_types": wtypes,
+            "outputs": list(zip(names, cls.RETURN_TYPES)), "output_node": getattr(cls, "OUTPUT_NODE", False)}
+
+
+class Graph:
+    def __init__(self, pack):
+        self.pack = pack
+        self.nodes, self.links, self.groups = [], [], []
+
+    def layout(self, type_: str) -> dict:
+        if type_ in NATIVE:
+            return NATIVE[type_]
+        return kiwi_layout(self.pack.NODE_CLASS_MAPPINGS[type_])
+
+    def add(self, type_: str, pos, widgets: dict | None = None, *, title: str | None = None, models=None,
+            width: int = 320, height: int | None = None, color: str | None = None) -> dict:
+        lay, widgets = self.layout(type_), dict(widgets or {})
+        values = []
+        for w in lay["widgets"]:
+            if w == "+control":
+                values.append(widgets.pop("control_after_generate", "fixed"))
+            elif w == "+upload":
+                values.append(UPLOAD_VALUE)
+            else:
+                if w not in widgets:
+                    raise KeyError(f"{type_}: no value for widget {w!r}")
+                values.append(widgets.pop(w))
+        if widgets:
+            raise KeyError(f"{type_}: unknown widgets {sorted(widgets)}")
+        node = {
+            "id": len(self.nodes) + 1, "type": type_, "pos": list(pos), "size": [width, 0], "flags": {},
+            "order": len(self.nodes), "mode": 0,
+            "inputs": [dict({"name": n, "type": t, "link": None}, **({"shape": 7} if opt else {}))
+                       for n, t, opt in lay["inputs"]],
+            "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(lay["outputs"])],
+            "properties": {"Node name for S&R": type_},
+            "widgets_values": values,
+        }
+        if title:
+            node["title"] = title
+        if color:
+            node["color"], node["bgcolor"] = color, color
+        if models:
+            node["properties"]["models"] = models
+        if type_ in ("Note",):
+            node["properties"] = {"text": ""}
+        n_widgets = len([w for w in lay["widgets"] if w != "+upload"])
+        tall = 60 if any(isinstance(v, str) and ("\n" in v or len(v) > 40) for v in values) else 0
+        node["size"][1] = height or 20 + 22 * max(len(node["inputs"]), len(node["outputs"])) + 24 * n_widgets + tall
+        self.nodes.append(node)
+        return node
+
+    def link(self, src: dict, output: str, dst: dict, input_: str) -> None:
+        out_slot = next(i for i, o in enumerate(src["outputs"]) if o["name"] == output)
+        entry = next((i for i in dst["inputs"] if i["name"] == input_), None)
+        if entry is None:  # a widget turned into a socket: the frontend lists it with a "widget" marker
+            wtype = self.layout(dst["type"]).get("widget_types", {}).get(input_)
+            if wtype is None:
+                raise KeyError(f"{dst['type']} has no input {input_!r}")
+            entry = {"name": input_, "type": wtype, "widget": {"name": input_}, "link": None}
+            dst["inputs"].append(entry)
+        in_slot = dst["inputs"].index(entry)
+        if src["outputs"][out_slot]["type"] != entry["type"]:
+            raise TypeError(f"{src['type']}.{output} → {dst['type']}.{input_}: type mismatch")
+        link_id = len(self.links) + 1
+        self.links.append([link_id, src["id"], out_slot, dst["id"], in_slot, entry["type"]])
+        entry["link"] = link_id
+        src["outputs"][out_slot]["links"].append(link_id)
+
+    def group(self, title: str, nodes: list[dict], color: str = "#3f789e") -> None:
+        x0 = min(n["pos"][0] for n in nodes) - 20
+        y0 = min(n["pos"][1] for n in nodes) - 60
+        x1 = max(n["pos"][0] + n["size"][0] for n in nodes) + 20
+        y1 = max(n["pos"][1] + n["size"][1] for n in nodes) + 20
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                            "color": color, "font_size": 24, "flags": {}})
+
+    def to_json(self, name: str) -> dict:
+        for n in self.nodes:
+            for o in n["outputs"]:
+                o["links"] = o["links"] or None
+        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "comfy-kiwi/workflows/" + name)), "revision": 0,
+                "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+                "nodes": self.nodes, "links": self.links, "groups": self.groups, "config": {},
+                "extra": {"ds": {"scale": 0.75, "offset": [40, 60]}, "comfy-kiwi": {"builder": "tools/build_workflows.py"}},
+                "version": 0.4}
+
+
+# --------------------------------------------------------------------------------------------------
+# the workflows
+# --------------------------------------------------------------------------------------------------
+
+SAMPLER = {"seed": 42, "control_after_generate": "fixed", "steps": 50, "shift": 5.0, "cfg": 1.0, "denoise": 1.0,
+           "schedule": "kiwi"}
+LOADER = {"dtype": "auto", "device": "auto", "attention": "auto"}
+
+
+def _download_note(kinds) -> str:
+    lines = ["Models: download the whole release folder into ComfyUI/models/kiwi/, e.g.", ""]
+    for kind in kinds:
+        lines.append(f"hf download linyq/{RELEASES[kind]} --local-dir models/kiwi/{RELEASES[kind]}")
+    lines += ["", "Then press R to refresh the model lists. Details: docs/COMFYUI.md of comfy-kiwi."]
+    return "\n".join(lines)
+
+
+def _edit_chain(g: Graph, loader: dict, frames: dict, instruction: str, y: int = 60, reference: dict | None = None,
+                steps: int = 50):
+    """MLLM encode + source encode + sampler + decode, wired to a release loader and prepared frames."""
+    enc = g.add("KiwiMLLMEncode", (760, y), {"instruction": instruction, "encode_negative": False}, width=360)
+    src = g.add("KiwiEncodeSource", (760, y + 250), {"reference_position": "model default", "tiled": False})
+    smp = g.add("KiwiSampler", (1160, y), dict(SAMPLER, steps=steps))
+    dec = g.add("KiwiVAEDecode", (1160, y + 300), {"tiled": False})
+    g.link(loader, "mllm", enc, "mllm")
+    g.link(frames, "images", enc, "source")
+    g.link(loader, "vae", src, "vae")
+    g.link(frames, "images", src, "source")
+    if reference is not None:
+        g.link(reference, "IMAGE", enc, "reference")
+        g.link(reference, "IMAGE", src, "reference")
+    g.link(loader, "dit", smp, "dit")
+    g.link(enc, "conditioning", smp, "conditioning")
+    g.link(src, "source", smp, "source")
+    g.link(smp, "latent", dec, "latent")
+    g.link(loader, "vae", dec, "vae")
+    g.group("Kiwi-Edit", [enc, src, smp, dec], "#8a6a3a")
+    return dec
+
+
+def _video_in_out(g: Graph, video_file: str):
+    load = g.add("LoadVideo", (20, 420), {"file": video_file}, width=300)
+    comps = g.add("GetVideoComponents", (20, 580), {}, width=300)
+    prep = g.add("KiwiPrepareFrames", (360, 420), {"max_pixels": 921600, "num_frames": 81, "frame_mode": "trim"})
+    g.link(load, "VIDEO", comps, "video")
+    g.link(comps, "images", prep, "images")
+    g.group("Source video", [load, comps, prep], "#3f789e")
+    return comps, prep
+
+
+def _video_out(g: Graph, decoded: dict, comps: dict, y: int = 60):
+    create = g.add("CreateVideo", (1560, y), {"fps": 16.0, "bit_depth": 8}, width=260)
+    save = g.add("SaveVideo", (1560, y + 200), {"filename_prefix": "video/kiwi-edit", "format": "auto",
+                                                "codec": "auto"}, width=420)
+    g.link(decoded, "images", create, "images")
+    g.link(comps, "fps", create, "fps")          # keep the source's frame rate
+    g.link(create, "VIDEO", save, "video")
+    g.group("Output", [create, save], "#3a8a4a")
+
+
+def instruction_video_edit(pack) -> Graph:
+    g = Graph(pack)
+    kind = "instruct-only"
+    g.add("Note", (20, 60), {"text": "Instruction-guided video edit (Kiwi-Edit).\n\n" + _download_note([kind])},
+          width=320, height=270)
+    loader = g.add("KiwiReleaseLoader", (360, 60), dict(LOADER, release=RELEASES[kind]), models=release_models(kind))
+    comps, prep = _video_in_out(g, "kiwi_source.mp4")
+    dec = _edit_chain(g, loader, prep, "Replace the red car with a blue bicycle.")
+    _video_out(g, dec, comps)
+    return g
+
+
+def reference_video_edit(pack) -> Graph:
+    g = Graph(pack)
+    kind = "instruct-reference"
+    g.add("Note", (20, 60), {"text": "Reference-guided video edit: the reference image shows what to insert or how "
+                                     "the result should look.\n\n" + _download_note([kind])}, width=320, height=270)
+    loader = g.add("KiwiReleaseLoader", (360, 60), dict(LOADER, release=RELEASES[kind]), models=release_models(kind))
+    comps, prep = _video_in_out(g, "kiwi_source.mp4")
+    ref = g.add("LoadImage", (360, 780), {"image": "kiwi_reference.png"}, title="Reference image", width=300)
+    dec = _edit_chain(g, loader, prep, "Replace the dog with the toy in the reference image.", reference=ref)
+    _video_out(g, dec, comps)
+    return g
+
+
+def image_edit(pack) -> Graph:
+    g = Graph(pack)
+    kind = "instruct-only"
+    g.add("Note", (20, 60), {"text": "Image edit: one frame through the same models.\n\n" + _download_note([kind])},
+          width=320, height=270)
+    loader = g.add("KiwiReleaseLoader", (360, 60), dict(LOADER, release=RELEASES[kind]), models=release_models(kind))
+    img = g.add("LoadImage", (20, 420), {"image": "kiwi_source.png"}, width=300)
+    prep = g.add("KiwiPrepareFrames", (360, 420), {"max_pixels": 921600, "num_frames": 1, "frame_mode": "trim"})
+    g.link(img, "IMAGE", prep, "images")
+    dec = _edit_chain(g, loader, prep, "Make it look like a watercolor painting.")
+    save = g.add("SaveImage", (1560, 60), {"filename_prefix": "kiwi-edit"}, width=360)
+    g.link(dec, "images", save, "images")
+    return g
+
+
+def all_parts(pack) -> Graph:
+    g = Graph(pack)
+    kind = "instruct-only"
+    rel = "kiwi release: " + RELEASES[kind]
+    g.add("Note", (20, 60), {"text": "Every block wired separately: DiT, LoRA, VAE and MLLM loaded on their own. "
+                                     "Each loader lists its ComfyUI model folder and the parts of the releases in "
+                                     "models/kiwi/.\n\n" + _download_note([kind]) +
+                                     "\nVAE: wan2.2_vae.safetensors in models/vae/ (or pick the release's vae)."},
+          width=320, height=270)
+    dit = g.add("KiwiDiTLoader", (20, 420), dict(LOADER, dit_name=rel),
+                models=release_models(kind, ("transformer", "source_embedder")))
+    lora = g.add("KiwiLoraLoader", (20, 610), {"lora_name": "none", "strength": 1.0})
+    vae = g.add("KiwiVAELoader", (20, 760), {"vae_name": WAN22_VAE["name"], "dtype": "auto", "device": "auto"},
+                models=[WAN22_VAE])
+    mllm = g.add("KiwiMLLMLoader", (20, 930), {"mllm_name": rel, "kiwi_checkpoint": "none", "dtype": "auto",
+                                                "device": "auto"}, models=release_models(kind, ("mllm_encoder",)))
+    g.link(dit, "dit", lora, "dit")
+    g.group("Models", [dit, lora, vae, mllm], "#3f789e")
+    load = g.add("LoadVideo", (380, 420), {"file": "kiwi_source.mp4"}, width=300)
+    comps = g.add("GetVideoComponents", (380, 580), {}, width=300)
+    prep = g.add("KiwiPrepareFrames", (380, 780), {"max_pixels": 921600, "num_frames": 81, "frame_mode": "trim"})
+    g.link(load, "VIDEO", comps, "video")
+    g.link(comps, "images", prep, "images")
+    enc = g.add("KiwiMLLMEncode", (760, 60), {"instruction": "Turn the scene into a snowy winter day.",
+                                              "encode_negative": False}, width=360)
+    src = g.add("KiwiEncodeSource", (760, 310), {"reference_position": "model default", "tiled": False})
+    smp = g.add("KiwiSampler", (1160, 60), dict(SAMPLER))
+    dec = g.add("KiwiVAEDecode", (1160, 360), {"tiled": False})
+    for a, out, b, inp in ((mllm, "mllm", enc, "mllm"), (prep, "images", enc, "source"), (vae, "vae", src, "vae"),
+                           (prep, "images", src, "source"), (lora, "dit", smp, "dit"),
+                           (enc, "conditioning", smp, "conditioning"), (src, "source", smp, "source"),
+                           (smp, "latent", dec, "latent"), (vae, "vae", dec, "vae")):
+        g.link(a, out, b, inp)
+    _video_out(g, dec, comps)
+    return g
+
+
+WORKFLOWS = {
+    "kiwi_instruction_video_edit.json": instruction_video_edit,
+    "kiwi_reference_video_edit.json": reference_video_edit,
+    "kiwi_image_edit.json": image_edit,
+    "kiwi_all_parts.json": all_parts,
+}
+
+
+def build_all(pack=None) -> dict[str, dict]:
+    pack = pack or load_pack()
+    return {name: fn(pack).to_json(name.removesuffix(".json")) for name, fn in WORKFLOWS.items()}
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    for name, wf in build_all().items():
+        (OUT / name).write_text(json.dumps(wf, indent=2) + "\n")
+        print(f"wrote workflows/{name}: {len(wf['nodes'])} nodes, {len(wf['links'])} links")
+
+
+if __name__ == "__main__":
+    main()
