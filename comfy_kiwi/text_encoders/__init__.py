@@ -1,0 +1,1 @@
+"""Text encoders of the Wan text path (umT5)."""

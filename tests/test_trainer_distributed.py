@@ -1,0 +1,56 @@
+"""Two CPU processes (gloo) with accelerate's state: gradients are averaged across ranks and both ranks end with
+identical weights.
+
+``accelerate launch --cpu`` starts a single process on CPU (multi-CPU there needs MPI), so the two ranks are
+started by torch's own launcher (``torch.distributed.run``, what ``accelerate launch`` uses for GPUs) with
+``ACCELERATE_USE_CPU`` set; ``Accelerator()`` then sets up a MULTI_CPU gloo group from the environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer_fixtures import tiny_setup
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(300)
+def test_two_process_gloo_training(tmp_path):
+    toml = tiny_setup(tmp_path, schedule={"max_steps": 3, "batch_size": 1}, checkpoint={"every": 3})
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(HERE / "trainer_ddp_worker.py"), str(toml), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-12000:]
+    assert "MULTI_CPU" in proc.stdout and "world 2" in proc.stdout, proc.stdout[-2000:]
+
+    w0, w1 = (load_file(str(out / f"weights-rank{r}.safetensors")) for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0), "ranks ended with different weights"
+    assert (out / "losses-rank0.txt").read_text() == (out / "losses-rank1.txt").read_text()
+
+    g0, g1 = (load_file(str(out / f"grads-rank{r}.safetensors")) for r in (0, 1))
+    synced = [k for k in g0 if k.startswith("synced.")]
+    assert synced
+    differ = 0
+    for k in synced:
+        local = k.replace("synced.", "local.")
+        assert torch.allclose(g0[k], g1[k], atol=1e-7), k                       # same gradient on both ranks
+        assert torch.allclose(g0[k], (g0[local] + g1[local]) / 2, atol=1e-6), k  # = the mean of local ones
+        differ += not torch.allclose(g0[local], g1[local])
+    assert differ > len(synced) // 2          # the ranks really saw different data

@@ -1,0 +1,232 @@
+"""Training configuration: TOML → typed dataclasses, validated before anything is loaded.
+
+Every section is a dataclass; unknown keys, wrong types and missing files are reported together with
+the section and the accepted keys. Method-specific options live in ``[method.options]`` and are checked
+against the method's own ``Options`` dataclass (see trainer/methods/base.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from comfy_kiwi.errors import InputError
+
+PRECISIONS = ("no", "bf16", "fp16")
+DTYPES = ("fp32", "bf16", "fp16")
+DATA_FORMATS = ("image_pairs", "kiwi")
+
+
+@dataclass
+class ModelConfig:
+    dit: str = ""                     # Wan DiT file or folder (any layout load_dit reads)
+    vae: str = ""                     # Wan VAE file or folder
+    text_encoder: str = ""            # umT5 folder (UMT5EncoderModel + tokenizer)
+    dtype: str = "bf16"               # storage dtype of the frozen base DiT
+    attention: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = ""                 # CSV or JSONL
+    format: str = "image_pairs"       # image_pairs: source,target,source_prompt,prompt; kiwi: src_video,tgt_video,prompt
+    resolution: int = 480             # bucket area = resolution², sides multiples of `multiple`
+    multiple: int = 16
+    max_aspect: float = 2.0
+    frames: int = 1                   # kiwi format: frames per clip (4k+1)
+    text_len: int = 512               # umT5 context zero-padded to this many tokens (as Wan does)
+    cache_dir: str = ""               # default: <output_dir>/cache
+
+
+@dataclass
+class MethodConfig:
+    name: str = "imvideoedit"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0        # 0 = no clipping
+
+
+@dataclass
+class ScheduleConfig:
+    max_steps: int = 1000             # optimiser steps
+    warmup_steps: int = 0             # linear warm-up from 0, then constant
+    batch_size: int = 1               # per process, per micro-step
+    grad_accum: int = 1
+    timestep_shift: float = 5.0       # shift of the 1000-step training schedule
+    seed: int = 0
+
+
+@dataclass
+class PrecisionConfig:
+    mixed: str = "no"                 # autocast: no | bf16 | fp16
+    gradient_checkpointing: bool = False
+    adapter_dtype: str = "fp32"       # trainable weights (and their AdamW states)
+
+
+@dataclass
+class CheckpointConfig:
+    output_dir: str = "runs/train"
+    every: int = 500
+    keep: int = 3                     # newest checkpoints kept (0 = all)
+
+
+@dataclass
+class SamplingConfig:
+    every: int = 0                    # 0 = never
+    count: int = 1                    # first N dataset items are edited
+    steps: int = 20
+    shift: float = 5.0
+    seed: int = 0
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 1
+    tensorboard: bool = True          # when the tensorboard package is installed
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = ""                  # the TOML file (set by load_config)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.checkpoint.output_dir)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.data.cache_dir) if self.data.cache_dir else self.output_dir / "cache"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(value, tp) -> bool:
+    origin = typing.get_origin(tp) or tp
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin)
+
+
+def build_dataclass(cls, table, where: str):
+    """``cls(**table)`` with named errors for unknown keys and wrong types (nested dataclasses recurse)."""
+    if not isinstance(table, dict):
+        raise InputError(f"[{where}] must be a table, got {type(table).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(unknown)} in [{where}]; accepted: {', '.join(names)}.")
+    values = {}
+    for name, value in table.items():
+        tp = hints[name]
+        label = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(tp):
+            values[name] = build_dataclass(tp, value, label)
+        elif not _type_ok(value, tp):
+            raise InputError(f"{label} must be {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}.")
+        else:
+            values[name] = float(value) if tp is float else value
+    return cls(**values)
+
+
+def _choice(value, choices, label):
+    if value not in choices:
+        raise InputError(f"{label} is {value!r}; choose one of {', '.join(choices)}.")
+
+
+def _positive(value, label, zero_ok=False):
+    if value < 0 or (value == 0 and not zero_ok):
+        raise InputError(f"{label} must be {'≥ 0' if zero_ok else '> 0'}, got {value!r}.")
+
+
+def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
+    """Value checks (choices, ranges, files). Raises InputError naming the key."""
+    _choice(cfg.precision.mixed, PRECISIONS, "precision.mixed")
+    _choice(cfg.precision.adapter_dtype, DTYPES, "precision.adapter_dtype")
+    _choice(cfg.model.dtype, DTYPES, "model.dtype")
+    _choice(cfg.data.format, DATA_FORMATS, "data.format")
+    for label, v, zero_ok in (("schedule.max_steps", cfg.schedule.max_steps, False),
+                              ("schedule.batch_size", cfg.schedule.batch_size, False),
+                              ("schedule.grad_accum", cfg.schedule.grad_accum, False),
+                              ("schedule.warmup_steps", cfg.schedule.warmup_steps, True),
+                              ("optimizer.lr", cfg.optimizer.lr, False),
+                              ("optimizer.weight_decay", cfg.optimizer.weight_decay, True),
+                              ("optimizer.max_grad_norm", cfg.optimizer.max_grad_norm, True),
+                              ("checkpoint.every", cfg.checkpoint.every, False),
+                              ("checkpoint.keep", cfg.checkpoint.keep, True),
+                              ("sampling.every", cfg.sampling.every, True),
+                              ("data.resolution", cfg.data.resolution, False),
+                              ("data.text_len", cfg.data.text_len, False)):
+        _positive(v, label, zero_ok)
+    if len(cfg.optimizer.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1
+                                                 for b in cfg.optimizer.betas):
+        raise InputError(f"optimizer.betas must be two numbers in [0, 1), got {cfg.optimizer.betas!r}.")
+    if cfg.data.frames % 4 != 1:
+        raise InputError(f"data.frames must be 4k+1 (1, 5, 9, …), got {cfg.data.frames}.")
+    if cfg.data.multiple % 16:
+        raise InputError(f"data.multiple must be a multiple of 16 (VAE ×8 and patch ×2), got {cfg.data.multiple}.")
+    from .methods import get_method        # the method validates its own options
+    method_cls = get_method(cfg.method.name)
+    cfg.method.options = method_cls.parse_options(cfg.method.options)
+    if check_files:
+        for label, path in (("model.dit", cfg.model.dit), ("model.vae", cfg.model.vae),
+                            ("model.text_encoder", cfg.model.text_encoder), ("data.dataset", cfg.data.dataset)):
+            if not path:
+                raise InputError(f"{label} is required (a path).")
+            if not Path(path).exists():
+                raise InputError(f"{label}: {path} does not exist.")
+    return cfg
+
+
+def _resolve(base: Path, value: str) -> str:
+    return str((base / value).resolve()) if value and not Path(value).is_absolute() else value
+
+
+def load_config(path, overrides: dict | None = None, check_files: bool = True) -> TrainConfig:
+    """Read and validate a TOML config. Relative paths are relative to the TOML file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist.")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path} is not valid TOML: {e}") from None
+    for section, values in (overrides or {}).items():
+        table.setdefault(section, {}).update(values)
+    try:
+        cfg = build_dataclass(TrainConfig, table, "")
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    base = path.parent
+    for sect, key in (("model", "dit"), ("model", "vae"), ("model", "text_encoder"), ("data", "dataset"),
+                      ("data", "cache_dir"), ("checkpoint", "output_dir")):
+        obj = getattr(cfg, sect)
+        setattr(obj, key, _resolve(base, getattr(obj, key)))
+    cfg.source = str(path)
+    try:
+        return validate(cfg, check_files)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None

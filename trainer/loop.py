@@ -1,0 +1,164 @@
+"""The training loop: accelerate (CPU, one GPU, DDP; FSDP/DeepSpeed through ``accelerate config``),
+gradient accumulation, AdamW with linear warm-up then constant, metrics, atomic checkpoints, exact resume,
+sample edits.
+
+Exactness of resume: data order is a pure function of (seed, position) (trainer/data/order.py), and the
+noise level and noise of micro-step m of optimiser step s on rank r come from a generator seeded with
+(seed, s, m, r); optimiser, scheduler and RNG states are restored from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+
+from comfy_kiwi.errors import InputError
+
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, set_rng_states
+from .data.cache import CachedDataset, build_cache, collate
+from .data.datasets import read_records
+from .data.order import BatchOrder
+from .methods import get_method
+from .metrics import MetricsLog
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def warmup_then_constant(warmup_steps: int):
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def draw_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 131 + rank)
+
+
+def _loaders(cfg, device):
+    def vae():
+        from comfy_kiwi.loading.vae_loader import load_vae
+        return load_vae(cfg.model.vae, dtype=torch.float32, device=device)
+
+    def text():
+        from comfy_kiwi.text_encoders.umt5 import UMT5TextEncoder
+        return UMT5TextEncoder(cfg.model.text_encoder, device=device, max_length=cfg.data.text_len)
+    return vae, text
+
+
+def _save_samples(cfg, method, module, dataset, step, vae_loader, device) -> list[Path]:
+    from comfy_kiwi.frames import tensor_to_pil, vae_to_frames
+    vae = vae_loader()
+    out = []
+    for i in range(min(cfg.sampling.count, len(dataset))):
+        batch = {k: v.to(device) for k, v in collate([dataset[i]], cfg.data.text_len).items()}
+        latents = method.sample(module, batch, cfg.sampling.steps, cfg.sampling.shift, cfg.sampling.seed)
+        frames = vae_to_frames(vae.decode(latents.float()).cpu())
+        path = cfg.output_dir / "samples" / f"step-{step:08d}-item{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensor_to_pil(frames[0]).save(path)
+        out.append(path)
+    return out
+
+
+def train(cfg, resume: str | None = None, stop_after: int | None = None, log=print) -> dict:
+    """Run (or continue) training. ``stop_after`` ends the run after that many optimiser steps without a final
+    checkpoint (tests use it to play a killed run). Returns {"step", "losses", "output_dir"}."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from comfy_kiwi.loading.dit_loader import load_dit
+
+    method_cls = get_method(cfg.method.name)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=method_cls.find_unused_parameters)
+    acc = Accelerator(mixed_precision=cfg.precision.mixed, kwargs_handlers=[ddp])
+    say = log if acc.is_main_process else (lambda *a, **k: None)
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    torch.manual_seed(cfg.schedule.seed)
+
+    records = read_records(cfg.data.dataset, cfg.data.format)
+    vae_loader, text_loader = _loaders(cfg, device)
+    with acc.main_process_first():
+        cache = build_cache(records, cfg, vae_loader, text_loader, log=say)
+    dataset = CachedDataset(cache)
+    order = BatchOrder(dataset.buckets, cfg.schedule.batch_size, world, cfg.schedule.seed)
+
+    method = method_cls(cfg)
+    dit = load_dit(cfg.model.dit, dtype=TORCH_DTYPES[cfg.model.dtype], device=device,
+                   attention=cfg.model.attention)
+    module = method.build({"dit": dit}).to(device)
+    params = method.trainable_parameters(module)
+    if not params:
+        raise InputError(f"method {cfg.method.name} has no trainable parameters.")
+    opt = cfg.optimizer
+    optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+                                  weight_decay=opt.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant(cfg.schedule.warmup_steps))
+
+    step, position = 0, 0
+    ckpt_path = find_checkpoint(cfg.output_dir, resume)
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        method.load_trainable_state_dict(module, {k: v.to(device) for k, v in ckpt["trainable"].items()})
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_states(ckpt["rng"])
+        step, position = ckpt["state"]["step"], ckpt["state"]["position"]
+        say(f"resumed from {ckpt_path} at step {step}")
+    wrapped, optimizer = acc.prepare(module, optimizer)
+
+    metrics = MetricsLog(cfg.output_dir / "metrics.jsonl", cfg.logging.tensorboard,
+                         resume_step=step if ckpt_path is not None else None) if acc.is_main_process else None
+    bar = None
+    if cfg.logging.progress and acc.is_main_process:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.schedule.max_steps, initial=step, desc="training", dynamic_ncols=True)
+
+    losses, accum, last = [], cfg.schedule.grad_accum, stop_after
+    t0 = time.time()
+    while step < cfg.schedule.max_steps:
+        total = torch.zeros((), device=device)
+        for micro in range(accum):
+            items = [dataset[i] for i in order.batch(position, rank)]
+            position += 1
+            batch = {k: v.to(device) for k, v in collate(items, cfg.data.text_len).items()}
+            draws = method.draws(batch, draw_generator(cfg.schedule.seed, step, micro, rank))
+            sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(wrapped)
+            with sync, acc.autocast():
+                loss = wrapped(batch, draws)
+                acc.backward(loss / accum)
+            total += loss.detach().float() / accum
+        if opt.max_grad_norm:
+            acc.clip_grad_norm_(params, opt.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]          # the rate this step used
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        mean_loss = acc.reduce(total, "mean").item()
+        losses.append(mean_loss)
+        if metrics is not None and step % cfg.logging.every == 0:
+            metrics.log(step, {"loss": mean_loss, "lr": lr,
+                               "seconds": round(time.time() - t0, 3)})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if step % cfg.checkpoint.every == 0 or step == cfg.schedule.max_steps:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(cfg.output_dir, step, method.trainable_state_dict(acc.unwrap_model(wrapped)),
+                                optimizer, scheduler, {"position": position, "config": cfg.source},
+                                keep=cfg.checkpoint.keep)
+        if cfg.sampling.every and step % cfg.sampling.every == 0 and acc.is_main_process:
+            _save_samples(cfg, method, acc.unwrap_model(wrapped), dataset, step, vae_loader, device)
+        if last is not None and step >= last:
+            break
+    if bar is not None:
+        bar.close()
+    if metrics is not None:
+        metrics.close()
+    acc.wait_for_everyone()
+    if step >= cfg.schedule.max_steps and acc.is_main_process:
+        from safetensors.torch import save_file
+        final = {k: v.detach().cpu().contiguous()
+                 for k, v in method.trainable_state_dict(acc.unwrap_model(wrapped)).items()}
+        save_file(final, str(cfg.output_dir / f"{cfg.method.name}.safetensors"))
+    return {"step": step, "losses": losses, "output_dir": cfg.output_dir, "module": acc.unwrap_model(wrapped)}
