@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
-from .judge_common import (CATEGORY_JUDGE, DEVICE_CHOICES, DTYPE_CHOICES, VLM_TYPE, device_arg, dumps, lib, tip,
-                           torch_dtype)
+from .judge_common import (CATEGORY_JUDGE, DEVICE_CHOICES, DTYPE_CHOICES, VLM_TYPE, device_arg, dumps,
+                           folder_fingerprint, lib, model_folder_choices, resolve_model_folder, tip, torch_dtype,
+                           validate_model_folder)
 
 
 class KiwiVLMLoader:
-    DESCRIPTION = ("Load a local Qwen2.5-VL folder (any size) as a judge / grounding model. Local files only, "
-                   "no remote code. The pixel budgets set how much of each image and video frame the judge sees.")
+    DESCRIPTION = ("Load a stock Qwen2.5-VL folder (any size; e.g. Qwen2.5-VL-7B-Instruct) from models/text_encoders/ "
+                   "as a judge / grounding model. Local files only, no remote code. The pixel budgets set how "
+                   "much of each image and video frame the judge sees.")
     CATEGORY = CATEGORY_JUDGE
     FUNCTION = "load"
     RETURN_TYPES = (VLM_TYPE,)
@@ -19,8 +21,10 @@ class KiwiVLMLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "path": ("STRING", tip("Folder of a Qwen2.5-VL model (config.json, model*.safetensors, tokenizer files).",
-                                   default="")),
+            "vlm_name": (model_folder_choices("vlm"),
+                         tip("A Qwen2.5-VL folder in models/text_encoders/ (the whole Hugging Face repository: "
+                             "config.json, model*.safetensors, tokenizer files). An absolute folder path is "
+                             "accepted too (API prompts).")),
             "dtype": (DTYPE_CHOICES, tip("Weight dtype; auto = bf16 on GPU, fp32 on CPU.", default="auto")),
             "device": (DEVICE_CHOICES, tip("auto = ComfyUI's device.", default="auto")),
             "max_frames": ("INT", tip("Frames of each video shown to the judge (uniformly sampled).",
@@ -31,11 +35,20 @@ class KiwiVLMLoader:
                                             default=802816, min=3136, max=16777216, step=784)),
         }}
 
-    def load(self, path, dtype, device, max_frames, max_pixels_per_frame, image_max_pixels):
+    @classmethod
+    def VALIDATE_INPUTS(cls, vlm_name):
+        return validate_model_folder("vlm", vlm_name)
+
+    @classmethod
+    def IS_CHANGED(cls, vlm_name, **_):
+        return folder_fingerprint("vlm", vlm_name)
+
+    def load(self, vlm_name, dtype, device, max_frames, max_pixels_per_frame, image_max_pixels):
         j = lib()
+        path = resolve_model_folder("vlm", vlm_name)
         settings = j.VLMSettings(max_frames=int(max_frames), max_pixels_per_frame=int(max_pixels_per_frame),
                                  image_max_pixels=int(image_max_pixels))
-        return (j.load_vlm(path.strip(), dtype=torch_dtype(dtype), device=device_arg(device), settings=settings),)
+        return (j.load_vlm(path, dtype=torch_dtype(dtype), device=device_arg(device), settings=settings),)
 
 
 _CAP = {"rubric default": None, "enforce": True, "off": False}

@@ -14,7 +14,8 @@ class KiwiGround:
     DESCRIPTION = ("Ask the VLM for the bounding box of something in one frame and return it as a MASK [1,H,W] "
                    "(1 inside the box) and as JSON {\"bbox\": [x0, y0, x1, y1]} in pixels (x1, y1 exclusive). "
                    "Several boxes are merged by 'combine'. Unreadable answers are retried; if all fail the node "
-                   "errors.")
+                   "errors, or with on_failure = whole image returns the whole frame as the box (box JSON then "
+                   "has \"fallback\": true and the reasons), so a local reference becomes the whole image.")
     CATEGORY = CATEGORY_REFERENCE
     FUNCTION = "ground"
     RETURN_TYPES = ("MASK", "STRING", "STRING")
@@ -38,15 +39,24 @@ class KiwiGround:
             "combine": (["union", "first", "largest"], tip("What to do with several boxes.", default="union")),
             "attempts": ("INT", tip("Answers to try before giving up.", default=3, min=1, max=20)),
             "seed": ("INT", tip("Seed of the first attempt.", default=0, min=0, max=2 ** 31 - 1)),
+            "on_failure": (["error", "whole image"],
+                           tip("When no answer gives a box. error: stop the workflow; whole image: the mask covers "
+                               "the whole frame (a local reference is then the whole image).", default="error")),
         }}
 
-    def ground(self, vlm, image, description, target, frame_index, coordinate_space, combine, attempts, seed):
+    def ground(self, vlm, image, description, target, frame_index, coordinate_space, combine, attempts, seed,
+               on_failure="error"):
         j = lib()
         frame = j.select_frame(image, int(frame_index))[None]
         result = j.ground(vlm, frame, description, target, coordinate_space, combine, int(attempts), int(seed))
-        if not result.ok:
+        answers = "\n\n---\n\n".join(result.answers)
+        if result.ok:
+            return (result.mask, result.box.to_json(), answers)
+        if on_failure == "error":
             raise j.JudgeError("grounding failed: " + " | ".join(result.errors))
-        return (result.mask, result.box.to_json(), "\n\n---\n\n".join(result.answers))
+        h, w = int(frame.shape[1]), int(frame.shape[2])
+        box = {"bbox": [0, 0, w, h], "fallback": True, "errors": result.errors}
+        return (torch.ones(1, h, w), dumps(box), answers)
 
 
 class KiwiReferenceFromMask:

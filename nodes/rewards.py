@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from .judge_common import CATEGORY_JUDGE, CLIP_TYPE, DEVICE_CHOICES, DTYPE_CHOICES, device_arg, lib, tip, torch_dtype
+from .judge_common import (CATEGORY_JUDGE, CLIP_TYPE, DEVICE_CHOICES, DTYPE_CHOICES, device_arg, folder_fingerprint,
+                           lib, model_folder_choices, resolve_model_folder, tip, torch_dtype, validate_model_folder)
 
 
 class KiwiCLIPLoader:
-    DESCRIPTION = ("Load a local CLIP model folder (transformers CLIPModel: config.json, model.safetensors, tokenizer, "
-                   "preprocessor_config.json). PickScore_v1 has the same layout: load it here too.")
+    DESCRIPTION = ("Load a CLIP model folder from models/clip_vision/ (transformers CLIPModel: config.json, "
+                   "model.safetensors, tokenizer, preprocessor_config.json; e.g. openai/clip-vit-large-patch14). "
+                   "PickScore_v1 has the same layout: load it here too.")
     CATEGORY = CATEGORY_JUDGE
     FUNCTION = "load"
     RETURN_TYPES = (CLIP_TYPE,)
@@ -16,13 +18,24 @@ class KiwiCLIPLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "path": ("STRING", tip("Folder of a CLIP (or PickScore) model.", default="")),
+            "clip_name": (model_folder_choices("clip"),
+                          tip("A CLIP or PickScore folder in models/clip_vision/ (the whole Hugging Face repository). "
+                              "An absolute folder path is accepted too (API prompts).")),
             "dtype": (DTYPE_CHOICES, tip("Weight dtype; auto = fp32.", default="auto")),
             "device": (DEVICE_CHOICES, tip("auto = ComfyUI's device.", default="auto")),
         }}
 
-    def load(self, path, dtype, device):
-        return (lib().load_clip(path.strip(), device=device_arg(device), dtype=torch_dtype(dtype)),)
+    @classmethod
+    def VALIDATE_INPUTS(cls, clip_name):
+        return validate_model_folder("clip", clip_name)
+
+    @classmethod
+    def IS_CHANGED(cls, clip_name, **_):
+        return folder_fingerprint("clip", clip_name)
+
+    def load(self, clip_name, dtype, device):
+        path = resolve_model_folder("clip", clip_name)
+        return (lib().load_clip(path, device=device_arg(device), dtype=torch_dtype(dtype)),)
 
 
 class KiwiRewards:

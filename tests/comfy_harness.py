@@ -9,7 +9,7 @@
   linked types must match, constants must be in range / in the combo list unless the node's
   VALIDATE_INPUTS takes that input, then nodes run in dependency order with keyword arguments.
 - ``NATIVE_DOUBLES``: test doubles of the native ComfyUI nodes the workflows use (LoadVideo,
-  GetVideoComponents, CreateVideo, SaveVideo, LoadImage, SaveImage, PreviewImage), with the same
+  GetVideoComponents, CreateVideo, SaveVideo, LoadImage, SaveImage, PreviewImage, PreviewAny), with the same
   inputs, widget order and outputs, doing file IO through comfy_kiwi.video_io. Only this layer uses them.
 """
 
@@ -331,8 +331,22 @@ class PreviewImage(SaveImage):
         return {"required": {"images": ("IMAGE",)}}
 
 
+class PreviewAny:
+    """Shows any value as text (ComfyUI's "Preview as Text"); the double records what it was given."""
+    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "utilities", "main", ("STRING",), True
+    shown: list = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+    def main(self, source=None):
+        PreviewAny.shown.append(source)
+        return (source if isinstance(source, str) else str(source),)
+
+
 NATIVE_DOUBLES = {c.__name__: c for c in (LoadVideo, GetVideoComponents, CreateVideo, SaveVideo, LoadImage,
-                                          SaveImage, PreviewImage)}
+                                          SaveImage, PreviewImage, PreviewAny)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,6 +362,32 @@ def write_inputs(input_dir: Path) -> None:
     write_video(input_dir / "kiwi_source.mp4", tiny_video_frames(6, 72, 88), 8)   # 6 frames: trimmed to 5
     to_pil(tiny_video_frames(1, 80, 96, seed=1)[0]).save(input_dir / "kiwi_source.png")
     to_pil(tiny_video_frames(1, 40, 56, seed=2)[0]).save(input_dir / "kiwi_reference.png")
+    to_pil(tiny_video_frames(1, 96, 128, seed=3)[0]).save(input_dir / "kiwi_object_photo.png")
+
+
+# the folder names the judging workflows pick (the Hugging Face repository names)
+JUDGE_VLM = "Qwen2.5-VL-7B-Instruct"
+JUDGE_CLIPS = ("clip-vit-large-patch14", "PickScore_v1")
+
+
+def write_judge_models(models_dir: Path) -> dict[str, Path]:
+    """Tiny stand-ins for the judge models, where the loaders look and under the workflows' names:
+    a tiny Qwen2.5-VL base folder in ``text_encoders/`` and two tiny CLIP folders in ``clip_vision/``
+    (the "PickScore" one with another seed and logit scale ln 100). The tiny VLM answers gibberish:
+    the workflows' on_failure settings let them complete anyway."""
+    import math
+
+    from comfy_kiwi.testing.tiny_clip import write_tiny_clip
+    from comfy_kiwi.testing.tiny_qwen import write_tiny_base
+    models_dir = Path(models_dir)
+    out = {"vlm": models_dir / "text_encoders" / JUDGE_VLM}
+    if not (out["vlm"] / "model.safetensors").exists():
+        write_tiny_base(out["vlm"])
+    for i, name in enumerate(JUDGE_CLIPS):
+        out[name] = models_dir / "clip_vision" / name
+        if not (out[name] / "model.safetensors").exists():
+            write_tiny_clip(out[name], seed=i, logit_scale=math.log(100.0) if i else None)
+    return out
 
 
 def setup_environment(base: Path):
@@ -356,6 +396,7 @@ def setup_environment(base: Path):
     from comfy_kiwi import comfy_adapter
     from comfy_kiwi.testing.tiny_release import tiny_models_dir
     models = tiny_models_dir()
+    write_judge_models(models.models_dir)
     comfy_adapter.set_models_dir(models.models_dir)
     DIRS.input, DIRS.output = base / "input", base / "output"
     write_inputs(DIRS.input)

@@ -61,6 +61,7 @@ def server(tmp_path_factory):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "comfy-kiwi").symlink_to(ROOT, target_is_directory=True)
     models = write_tiny_models_dir(base / "models")
+    H.write_judge_models(base / "models")
     H.write_inputs(base / "input")
     (base / "output").mkdir()
     port, log = _free_port(), base / "comfyui.log"
@@ -136,8 +137,12 @@ def test_workflow_runs_in_comfyui(server, object_info, path):
     saved = [item for out in entry["outputs"].values() for key in ("images", "videos", "gifs", "animated")
              for item in (out.get(key) or []) if isinstance(item, dict) and "filename" in item]
     assert saved, f"nothing saved: {entry['outputs']}"
-    for item in saved:
-        assert (server["base"] / "output" / item.get("subfolder", "") / item["filename"]).exists()
+    for nid, node in prompt.items():         # Preview as Text shows its value in the UI
+        if node["class_type"] == "PreviewAny":
+            assert entry["outputs"][nid]["text"], f"PreviewAny #{nid} showed nothing"
+    for item in saved:                       # previews go to temp/, saved files to output/
+        folder = "temp" if item.get("type") == "temp" else "output"
+        assert (server["base"] / folder / item.get("subfolder", "") / item["filename"]).exists()
 
 
 def test_a_wrong_model_is_refused_with_our_message(server, object_info):

@@ -31,10 +31,10 @@ def _load(name: str) -> dict:
     return json.loads((ROOT / "workflows" / name).read_text())
 
 
-def test_there_are_the_four_workflows():
+def test_there_are_the_six_workflows():
     names = {p.name for p in WORKFLOWS}
     assert {"kiwi_instruction_video_edit.json", "kiwi_reference_video_edit.json", "kiwi_image_edit.json",
-            "kiwi_all_parts.json"} <= names
+            "kiwi_all_parts.json", "kiwi_reference_synthesis_then_edit.json", "kiwi_edit_then_judge.json"} <= names
 
 
 def test_committed_workflows_match_the_builder(env):
@@ -56,7 +56,7 @@ def test_workflow_format(path):
         src = next(n for n in wf["nodes"] if n["id"] == origin)
         dst = next(n for n in wf["nodes"] if n["id"] == target)
         assert link_id in src["outputs"][o_slot]["links"] and src["outputs"][o_slot]["type"] == typ
-        assert dst["inputs"][t_slot]["link"] == link_id and dst["inputs"][t_slot]["type"] == typ
+        assert dst["inputs"][t_slot]["link"] == link_id and dst["inputs"][t_slot]["type"] in (typ, "*")
     loaders = [n for n in wf["nodes"] if n["type"].startswith("Kiwi") and n["type"].endswith("Loader")
                and n["type"] != "KiwiLoraLoader"]
     assert loaders
@@ -78,7 +78,8 @@ def _outputs_of(prompt, results, class_type):
 
 
 @pytest.mark.parametrize("name", ["kiwi_instruction_video_edit.json", "kiwi_reference_video_edit.json",
-                                  "kiwi_all_parts.json"])
+                                  "kiwi_all_parts.json", "kiwi_reference_synthesis_then_edit.json",
+                                  "kiwi_edit_then_judge.json"])
 def test_video_workflow_runs(env, name):
     from comfy_kiwi.video_io import read_video
     before = len(H.SaveVideo.saved)
@@ -157,3 +158,54 @@ def test_reference_with_an_instruction_only_release_is_explained(env):
     with pytest.raises(H.WorkflowError) as e:
         H.execute_prompt(prompt, env["classes"])
     assert "no reference branch" in str(e.value) and "instruct-reference" in str(e.value)
+
+
+def test_reference_synthesis_workflow_outputs(env):
+    """The tiny VLM answers gibberish: Kiwi Ground falls back to the whole photo (on_failure = whole image),
+    the quality check reports -1 (on_failure = report), and the edit runs with the synthesised reference."""
+    import math
+    H.PreviewAny.shown.clear()
+    prompt, results = _run(env, _load("kiwi_reference_synthesis_then_edit.json"))
+    mask, box, answers = _outputs_of(prompt, results, "KiwiGround")[0]
+    assert tuple(mask.shape) == (1, 96, 128) and isinstance(box, str) and isinstance(answers, str)
+    bbox = json.loads(box)["bbox"]
+    assert 0 <= bbox[0] < bbox[2] <= 128 and 0 <= bbox[1] < bbox[3] <= 96
+    ref, used = _outputs_of(prompt, results, "KiwiReferenceFromMask")[0]
+    assert ref.ndim == 4 and ref.shape[0] == 1 and ref.shape[-1] == 3 and used.shape == (1, 96, 128)
+    if json.loads(box).get("fallback"):
+        assert tuple(ref.shape) == (1, 96 + 32, 128 + 32, 3) and bool((mask == 1).all())   # margin 16
+    score, passed, _ = _outputs_of(prompt, results, "KiwiReferenceQuality")[0]
+    assert (score == -1.0 and passed is False) or 1.0 <= score <= 10.0
+    assert H.PreviewAny.shown == [score] and math.isfinite(score)
+    assert tuple(_outputs_of(prompt, results, "KiwiVAEDecode")[0][0].shape) == (5, 64, 64, 3)
+
+
+def test_edit_then_judge_workflow_outputs(env):
+    import math
+    H.PreviewAny.shown.clear()
+    prompt, results = _run(env, _load("kiwi_edit_then_judge.json"))
+    scores_json, overall, answers = _outputs_of(prompt, results, "KiwiJudge")[0]
+    scores = json.loads(scores_json)
+    assert scores["rubric"] == "vie-bench" and isinstance(answers, str)
+    assert (overall == -1.0 and scores["ok"] is False) or 0.0 <= overall <= 10.0
+    rewards = _outputs_of(prompt, results, "KiwiRewards")[0]
+    assert len(rewards) == 5 and all(isinstance(r, float) and math.isfinite(r) for r in rewards)
+    r_if, r_sp, pickscore, weighted, _ = rewards
+    assert weighted == pytest.approx(r_if + r_sp, abs=1e-5) and pickscore != 0.0   # PickScore model connected
+    assert H.PreviewAny.shown[0] == scores_json and H.PreviewAny.shown[1:] == [weighted, r_if, r_sp, pickscore]
+
+
+def test_judge_loaders_list_their_folders_and_explain_wrong_ones(env):
+    classes = env["classes"]
+    vlm, clip = classes["KiwiVLMLoader"], classes["KiwiCLIPLoader"]
+    assert H.JUDGE_VLM in vlm.INPUT_TYPES()["required"]["vlm_name"][0]
+    assert set(H.JUDGE_CLIPS) <= set(clip.INPUT_TYPES()["required"]["clip_name"][0])
+    assert vlm.VALIDATE_INPUTS(H.JUDGE_VLM) is True and clip.VALIDATE_INPUTS("PickScore_v1") is True
+    missing = vlm.VALIDATE_INPUTS("Qwen2.5-VL-72B-Instruct")
+    assert "'Qwen2.5-VL-72B-Instruct' was not found in" in missing and "text_encoders" in missing
+    assert "load it with Kiwi VLM Loader" in clip.VALIDATE_INPUTS(str(env["models"].parts["mllm"]))
+    assert "load it with Kiwi CLIP / PickScore Loader" in vlm.VALIDATE_INPUTS(
+        str(env["models"].models_dir / "clip_vision" / "PickScore_v1"))
+    release = vlm.VALIDATE_INPUTS(str(env["models"].releases["instruct-only"]))
+    assert "Kiwi-Edit release" in release and "hf download Qwen/" in release
+    assert "no model selected" in clip.VALIDATE_INPUTS("none")

@@ -21,9 +21,11 @@ import build_workflows as B  # noqa: E402
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 TYPE_COLORS = {"IMAGE": "#64b5f6", "VIDEO": "#a1887f", "FLOAT": "#aed581", "INT": "#81c784", "AUDIO": "#ba68c8",
                "MASK": "#81c784", "KIWI_DIT": "#b39ddb", "KIWI_VAE": "#ff6e6e", "KIWI_MLLM": "#ffd500",
-               "KIWI_CONDITIONING": "#ffa931", "KIWI_SOURCE": "#4dd0e1", "KIWI_LATENT": "#ff9cf9"}
+               "KIWI_CONDITIONING": "#ffa931", "KIWI_SOURCE": "#4dd0e1", "KIWI_LATENT": "#ff9cf9",
+               "KIWI_VLM": "#f48fb1", "KIWI_CLIP": "#fff59d", "STRING": "#e0e0e0", "BOOLEAN": "#90caf9"}
 NATIVE_TITLES = {"LoadVideo": "Load Video", "GetVideoComponents": "Get Video Components", "CreateVideo": "Create Video",
-                 "SaveVideo": "Save Video", "LoadImage": "Load Image", "SaveImage": "Save Image", "Note": "Note"}
+                 "SaveVideo": "Save Video", "LoadImage": "Load Image", "SaveImage": "Save Image", "Note": "Note",
+                 "PreviewImage": "Preview Image", "PreviewAny": "Preview as Text"}
 TITLE_H, ROW_H, MARGIN = 30, 22, 40
 
 
