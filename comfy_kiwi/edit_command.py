@@ -1,4 +1,5 @@
-"""``python -m comfy_kiwi edit``: one whole edit from the shell, through :class:`EditPipeline`."""
+"""``python -m comfy_kiwi edit``: one whole edit from the shell, through :class:`EditPipeline` (a Kiwi-Edit release)
+or, with ``--imvideoedit``, through :mod:`comfy_kiwi.methods.imvideoedit_pipeline` (Wan2.1 + ImVideoEdit weights)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ def add_edit_parser(sub) -> None:
     d = EditSettings()
     p = sub.add_parser("edit", help="edit a video (or image) with an instruction and an optional reference",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="a Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...)")
+    p.add_argument("--model", required=True,
+                   help="a Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...); with --imvideoedit, "
+                        "the Wan2.1 T2V DiT (file or folder) the ImVideoEdit weights were trained on")
     p.add_argument("--video", required=True, help="source video (mp4, webm, ...) or image")
-    p.add_argument("--instruction", required=True, help='e.g. "replace the sofa with a brown leather one"')
+    p.add_argument("--instruction", required=True,
+                   help='e.g. "replace the sofa with a brown leather one"; with --imvideoedit, the caption of the '
+                        'edited video, e.g. "a brown leather sofa in a living room"')
     p.add_argument("--reference", action="append", default=None,
                    help="reference image (repeat for several); switches to reference-guided editing")
     p.add_argument("--out", required=True, help="output .mp4 (a one-frame edit may also be .png/.jpg)")
@@ -41,6 +46,17 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--tiled-vae", action="store_true", help="encode/decode the VAE in tiles (less memory)")
     p.add_argument("--save-latents", default=None,
                    help="also write the final latents (key 'latents') and context (key 'context') here")
+    g = p.add_argument_group("ImVideoEdit (Wan2.1 T2V + trained Predict-Update modules)")
+    g.add_argument("--imvideoedit", default=None, metavar="WEIGHTS",
+                   help="ImVideoEdit weights (imvideoedit.blocks.N.* safetensors from the trainer); --model is "
+                        "then a Wan2.1 T2V DiT and --vae / --text-encoder are required")
+    g.add_argument("--vae", default=None, help="with --imvideoedit: the Wan2.1 VAE file or folder")
+    g.add_argument("--text-encoder", default=None,
+                   help="with --imvideoedit: the umT5 folder (transformers model + tokenizer, or a diffusers root "
+                        "with text_encoder/ and tokenizer/)")
+    g.add_argument("--text-len", type=int, default=None,
+                   help="with --imvideoedit: context length the modules were trained with (trainer data.text_len; "
+                        "default 512, as Wan)")
     p.set_defaults(run=run_edit)
 
 
@@ -56,6 +72,7 @@ def run_edit(args) -> int:
         raise InputError(f"--out {out}: use an .mp4 (or .mov/.mkv/.webm) file, or .png/.jpg for one frame.")
     if not args.instruction.strip():
         raise InputError("--instruction is empty; say what to change, e.g. \"make the car red\".")
+    _check_imvideoedit_options(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
@@ -65,8 +82,11 @@ def run_edit(args) -> int:
                             seed=args.seed, denoise=args.denoise, max_pixels=args.max_pixels,
                             num_frames=args.frames, vae_tiled=args.tiled_vae)
     print(f"loading {args.model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
-    pipe = EditPipeline.from_pretrained(args.model, dtype=dtype, device=device, attention=args.attention)
-    result = pipe.edit(frames, args.instruction, refs, settings)
+    if args.imvideoedit:
+        result = _run_imvideoedit(args, frames, settings, dtype, device)
+    else:
+        pipe = EditPipeline.from_pretrained(args.model, dtype=dtype, device=device, attention=args.attention)
+        result = pipe.edit(frames, args.instruction, refs, settings)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
@@ -81,3 +101,33 @@ def run_edit(args) -> int:
                       "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
                       "latents": list(result.latents.shape)}))
     return 0
+
+
+def _check_imvideoedit_options(args) -> None:
+    """--vae / --text-encoder / --text-len belong to --imvideoedit; the release path takes none of them."""
+    given = [flag for flag, value in (("--vae", args.vae), ("--text-encoder", args.text_encoder),
+                                      ("--text-len", args.text_len)) if value is not None]
+    if not args.imvideoedit:
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with --imvideoedit WEIGHTS; a Kiwi-Edit release folder "
+                             "(--model) brings its own VAE and MLLM encoder.")
+        return
+    missing = [flag for flag, value in (("--vae", args.vae), ("--text-encoder", args.text_encoder)) if not value]
+    if missing:
+        raise InputError(f"--imvideoedit also needs {' and '.join(missing)}: the Wan2.1 VAE file "
+                         "(wan_2.1_vae.safetensors) and the umT5 text-encoder folder of Wan2.1.")
+    if args.reference:
+        raise InputError("--imvideoedit does not take --reference images; describe the edited video in "
+                         "--instruction instead.")
+    if args.cfg != 1.0 or args.denoise != 1.0:
+        raise InputError("--imvideoedit samples without guidance from pure noise; leave --cfg and --denoise at 1.0.")
+
+
+def _run_imvideoedit(args, frames, settings, dtype, device):
+    from .methods.imvideoedit_pipeline import edit_with_imvideoedit, load_parts
+    from .text_encoders.umt5 import WAN_TEXT_LEN
+
+    dit, vae, encoder, weights = load_parts(args.model, args.vae, args.text_encoder, args.imvideoedit, dtype,
+                                            device, attention=args.attention)
+    return edit_with_imvideoedit(dit, vae, encoder, weights, frames, args.instruction, settings,
+                                 text_len=args.text_len or WAN_TEXT_LEN)

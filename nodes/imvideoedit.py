@@ -1,14 +1,30 @@
-"""Kiwi ImVideoEdit Loader: the trained Predict-Update modules of ImVideoEdit, to apply to a Wan2.1 DiT."""
+"""ImVideoEdit nodes: trained Predict-Update modules on a Wan2.1 T2V DiT, the umT5 caption encoder, and the sampler.
+
+Wiring: Kiwi DiT Loader → Kiwi ImVideoEdit Loader ─┐
+        Kiwi UMT5 Loader → Kiwi UMT5 Encode ────────┼→ Kiwi ImVideoEdit Sampler → Kiwi VAE Decode
+        Kiwi VAE Loader → Kiwi Encode Source ───────┘
+
+Custom types of this module (besides those in common.py):
+
+- KIWI_IMVIDEOEDIT        ImVideoEditHandle (DiT handle + ImVideoEdit weights)
+- KIWI_UMT5               comfy_kiwi.text_encoders.umt5.UMT5TextEncoder
+- KIWI_UMT5_CONDITIONING  comfy_kiwi.pipeline.EditConditioning holding the padded umT5 context [1, L, C]
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import KIWI_DIT, files_fingerprint, kiwi, tip
+from .common import (DEVICES, DTYPE_TIP, DTYPES, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, files_fingerprint,
+                     kiwi, tip, torch_dtype)
 
 KIWI_IMVIDEOEDIT = "KIWI_IMVIDEOEDIT"
+KIWI_UMT5 = "KIWI_UMT5"
+KIWI_UMT5_CONDITIONING = "KIWI_UMT5_CONDITIONING"
 CATEGORY_IMVIDEOEDIT = "Kiwi Edit/ImVideoEdit"
+UMT5_MODEL_TYPES = ("umt5", "t5")
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,57 @@ def _resolve(name: str) -> Path:
     return kiwi("model_folders").resolve("lora", name)
 
 
+# --- umT5 folders in models/text_encoders/ ------------------------------------------------------------
+
+def _model_type(config: Path) -> str | None:
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_umt5_folder(path: Path) -> bool:
+    """A transformers umT5 folder (config.json model_type umt5/t5), or a diffusers root with text_encoder/."""
+    for config in (path / "config.json", path / "text_encoder" / "config.json"):
+        if config.is_file() and _model_type(config) in UMT5_MODEL_TYPES:
+            return True
+    return False
+
+
+def umt5_choices() -> list[str]:
+    found = set()
+    for root in map(Path, kiwi("comfy_adapter").model_folders("text_encoders")):
+        if not root.is_dir():
+            continue
+        frontier = [root]
+        for _ in range(2):                           # a folder may sit one level down (org/name)
+            nxt = []
+            for folder in frontier:
+                for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                    if is_umt5_folder(sub):
+                        found.add(sub.relative_to(root).as_posix())
+                    else:
+                        nxt.append(sub)
+            frontier = nxt
+    return sorted(found)
+
+
+def resolve_umt5(name: str) -> Path:
+    errors = kiwi("errors")
+    folders = kiwi("comfy_adapter").model_folders("text_encoders")
+    for root in folders:
+        path = Path(root) / (name or "").strip()
+        if name and name.strip() and path.is_dir():
+            if not is_umt5_folder(path):
+                raise errors.CheckpointError(f"'{name}' is not a umT5 folder: expected config.json with model_type "
+                                             "umt5 (or a diffusers Wan2.1 folder with text_encoder/ and tokenizer/).")
+            return path
+    raise errors.CheckpointError(f"umT5 folder '{name}' was not found in {', '.join(map(str, folders))}; put the "
+                                 "Wan2.1 umT5 encoder folder there, press R in ComfyUI to refresh, and pick it.")
+
+
+# --- nodes ---------------------------------------------------------------------------------------------
+
 class KiwiImVideoEditLoader:
     DESCRIPTION = ("Load ImVideoEdit weights (imvideoedit.blocks.N.*, written by `python -m trainer train` with "
                    "the imvideoedit preset) for a Wan2.1 T2V DiT. The modules run beside every self-attention, "
@@ -38,7 +105,7 @@ class KiwiImVideoEditLoader:
     FUNCTION = "load"
     RETURN_TYPES = (KIWI_IMVIDEOEDIT,)
     RETURN_NAMES = ("imvideoedit",)
-    OUTPUT_TOOLTIPS = ("The DiT together with the ImVideoEdit modules, applied while an ImVideoEdit sampler runs.",)
+    OUTPUT_TOOLTIPS = ("The DiT together with the ImVideoEdit modules, for Kiwi ImVideoEdit Sampler.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -54,6 +121,7 @@ class KiwiImVideoEditLoader:
 
     def load(self, weights_name, dit):
         ive = kiwi("methods.imvideoedit")
+        kiwi("methods.imvideoedit_pipeline").check_dit(dit.model)
         path = _resolve(weights_name)
         weights = kiwi("model_cache").cached_load("imvideoedit", path, lambda: ive.read_weights(path))
         with ive.applied(dit.model, weights):          # checks the shapes against this DiT now, not at sampling
@@ -61,5 +129,110 @@ class KiwiImVideoEditLoader:
         return (ImVideoEditHandle(dit, weights),)
 
 
-NODE_CLASS_MAPPINGS = {"KiwiImVideoEditLoader": KiwiImVideoEditLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"KiwiImVideoEditLoader": "Kiwi ImVideoEdit Loader"}
+class KiwiUMT5Loader:
+    DESCRIPTION = ("Load the umT5 text encoder of Wan2.1 from a folder in models/text_encoders/: a transformers "
+                   "umT5 folder (config.json, weights, tokenizer files) or a diffusers Wan2.1 folder holding "
+                   "text_encoder/ and tokenizer/. ImVideoEdit reads the caption of the edited video through it.")
+    CATEGORY = CATEGORY_IMVIDEOEDIT
+    FUNCTION = "load"
+    RETURN_TYPES = (KIWI_UMT5,)
+    RETURN_NAMES = ("umt5",)
+    OUTPUT_TOOLTIPS = ("The umT5 encoder, for Kiwi UMT5 Encode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "encoder_name": (umt5_choices(), tip("The umT5 folder in models/text_encoders/.")),
+            "dtype": (DTYPES, tip(DTYPE_TIP, default="auto")),
+            "device": (DEVICES, tip("Where the weights wait between runs. auto: in RAM, moved to the GPU only while "
+                                    "encoding (it runs once per edit). cpu: also encode on the CPU when ComfyUI "
+                                    "runs with --cpu.", default="auto")),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, encoder_name, **_):
+        return files_fingerprint("mllm", encoder_name)        # the mllm kind's folder is models/text_encoders/
+
+    def load(self, encoder_name, dtype, device):
+        placement, cache = kiwi("placement"), kiwi("model_cache")
+        path = resolve_umt5(encoder_name)
+        home, td = placement.home_device(device, "mllm"), torch_dtype(dtype)
+        umt5 = kiwi("text_encoders.umt5")
+        return (cache.cached_load("umt5", path, lambda: umt5.UMT5TextEncoder(path, dtype=td, device=home),
+                                  dtype=td, device=home),)
+
+
+class KiwiUMT5Encode:
+    DESCRIPTION = ("Encode the caption of the edited video with umT5 (e.g. \"a red car on a snowy street\"), "
+                   "zero-padded as Wan does. ImVideoEdit is trained on captions of the target, not on instructions.")
+    CATEGORY = CATEGORY_IMVIDEOEDIT
+    FUNCTION = "encode"
+    RETURN_TYPES = (KIWI_UMT5_CONDITIONING,)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The caption context, for Kiwi ImVideoEdit Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "umt5": (KIWI_UMT5, tip("The encoder from Kiwi UMT5 Loader.")),
+            "caption": ("STRING", tip("What the edited video shows.", default="", multiline=True)),
+            "text_len": ("INT", tip("Context length the modules were trained with (the trainer's data.text_len); "
+                                    "512 as in Wan.", default=512, min=1, max=512)),
+        }}
+
+    def encode(self, umt5, caption, text_len):
+        pipeline = kiwi("pipeline")
+        with kiwi("placement").on_device(umt5.model):
+            context = kiwi("methods.imvideoedit_pipeline").caption_context(umt5, caption, int(text_len))
+        return (pipeline.EditConditioning(context.float().cpu()),)
+
+
+class KiwiImVideoEditSampler:
+    DESCRIPTION = ("Edit with ImVideoEdit: Euler steps on the shifted flow-matching schedule, the source video "
+                   "beside the noisy target in one paired batch (frame by frame), the caption context from Kiwi "
+                   "UMT5 Encode. The modules are hooked into the DiT only while this node runs.")
+    CATEGORY = CATEGORY_IMVIDEOEDIT
+    FUNCTION = "sample"
+    RETURN_TYPES = (KIWI_LATENT,)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Edited Wan2.1 latents (normalised), for Kiwi VAE Decode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "imvideoedit": (KIWI_IMVIDEOEDIT, tip("The DiT with ImVideoEdit weights from Kiwi ImVideoEdit Loader.")),
+            "conditioning": (KIWI_UMT5_CONDITIONING, tip("The caption context from Kiwi UMT5 Encode.")),
+            "source": (KIWI_SOURCE, tip("Source latents from Kiwi Encode Source, encoded with the Wan2.1 VAE "
+                                        "(no reference image).")),
+            "seed": ("INT", tip("Seed of the starting noise (drawn on the CPU, so a seed gives the same result on "
+                                "every machine).", default=0, min=0, max=0xffffffffffffffff,
+                                control_after_generate=True)),
+            "steps": ("INT", tip("Sampling steps; 50 as Wan, 20-30 are often enough.", default=50, min=1, max=1000)),
+            "shift": ("FLOAT", tip("Schedule shift: higher spends more steps at high noise.",
+                                   default=5.0, min=0.01, max=100.0, step=0.01)),
+            "schedule": (["kiwi", "diffusers"], tip("Last noise level: kiwi goes down to 0 (as the trainer's samples), "
+                                                    "diffusers stops at 0.003.", default="kiwi")),
+        }}
+
+    def sample(self, imvideoedit, conditioning, source, seed, steps, shift, schedule):
+        errors, pipeline, placement = kiwi("errors"), kiwi("pipeline"), kiwi("placement")
+        if source.source_latents is None:
+            raise errors.InputError("the source has no latents; connect Kiwi Encode Source.")
+        if source.reference_latents is not None:
+            raise errors.InputError("ImVideoEdit does not take a reference image; disconnect the reference from "
+                                    "Kiwi Encode Source and describe the edit in the caption.")
+        settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), schedule=schedule, seed=int(seed),
+                                         progress=True)
+        dit = imvideoedit.dit
+        with placement.on_device(dit.model):          # LoRAs of the DiT handle go on after the modules attach
+            latents = kiwi("methods.imvideoedit_pipeline").sample_imvideoedit(
+                dit.model, imvideoedit.weights, source.source_latents, conditioning.context, settings,
+                while_applied=dit.applied)
+        return (latents.float().cpu(),)
+
+
+NODE_CLASS_MAPPINGS = {"KiwiImVideoEditLoader": KiwiImVideoEditLoader, "KiwiUMT5Loader": KiwiUMT5Loader,
+                       "KiwiUMT5Encode": KiwiUMT5Encode, "KiwiImVideoEditSampler": KiwiImVideoEditSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"KiwiImVideoEditLoader": "Kiwi ImVideoEdit Loader",
+                              "KiwiUMT5Loader": "Kiwi UMT5 Loader", "KiwiUMT5Encode": "Kiwi UMT5 Encode",
+                              "KiwiImVideoEditSampler": "Kiwi ImVideoEdit Sampler"}
