@@ -32,13 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run_verb(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse, run the chosen verb, and turn a KiwiError into one readable line and exit code 2.
+
+    Shared by ``python -m comfy_kiwi``, ``python -m trainer`` and ``python -m trainer.data``."""
+    args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except KiwiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv=None) -> int:
+    return run_verb(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from comfy_kiwi.errors import KiwiError
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except KiwiError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from comfy_kiwi.cli import run_verb
+    return run_verb(build_parser(), argv)
 
 
 if __name__ == "__main__":
