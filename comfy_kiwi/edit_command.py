@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
+from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def add_edit_parser(sub) -> None:
@@ -41,7 +41,7 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per-frame pixel budget (W·H)")
     p.add_argument("--fps", type=float, default=None, help="output fps (default: the source's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--attention", default="auto", help="auto, sdpa, xformers, flash, sage")
     p.add_argument("--tiled-vae", action="store_true", help="encode/decode the VAE in tiles (less memory)")
     p.add_argument("--save-latents", default=None,
@@ -74,7 +74,7 @@ def run_edit(args) -> int:
         raise InputError("--instruction is empty; say what to change, e.g. \"make the car red\".")
     _check_imvideoedit_options(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = parse_dtype(args.dtype, device)
 
     frames, fps = read_video(args.video, max_frames=args.frames)
     refs = [load_image(r) for r in args.reference] if args.reference else None

@@ -61,14 +61,7 @@ def tip(text: str, **extra) -> dict:
 
 def torch_dtype(name: str):
     """A dtype choice → torch dtype; "auto" picks by the compute device."""
-    import torch
-    if name == "auto":
-        device = kiwi("comfy_adapter").compute_device()
-        if torch.device(device).type == "cpu":
-            return torch.float32
-        return torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-            "fp8_e4m3fn": torch.float8_e4m3fn}[name]
+    return kiwi("dtypes").parse_dtype(name, kiwi("comfy_adapter").compute_device())
 
 
 def as_frames(images, what: str):

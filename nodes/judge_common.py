@@ -26,8 +26,7 @@ def lib(module: str = "comfy_kiwi.judging"):
 
 
 def torch_dtype(name: str):
-    import torch
-    return {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+    return lib("comfy_kiwi.dtypes").parse_dtype(name)
 
 
 def device_arg(name: str):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.errors import InputError
 
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, set_rng_states
@@ -24,7 +25,6 @@ from .data.order import BatchOrder
 from .methods import get_method
 from .metrics import MetricsLog
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def warmup_then_constant(warmup_steps: int):
@@ -82,7 +82,7 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
     order = BatchOrder(dataset.buckets, cfg.schedule.batch_size, world, cfg.schedule.seed)
 
     method = method_cls(cfg)
-    dit = load_dit(cfg.model.dit, dtype=TORCH_DTYPES[cfg.model.dtype], device=device,
+    dit = load_dit(cfg.model.dit, dtype=parse_dtype(cfg.model.dtype), device=device,
                    attention=cfg.model.attention)
     module = method.build({"dit": dit}).to(device)
     params = method.trainable_parameters(module)

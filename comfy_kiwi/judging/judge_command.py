@@ -49,14 +49,13 @@ def add_judge_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_judge(args) -> int:
-    import torch
-
+    from ..dtypes import parse_dtype
     from ..frames import load_image
     from ..video_io import read_video
     from .vlm import VLMSettings, load_vlm
     from .vlm_judge import JudgeSettings, judge_edit
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype)
+    dtype = parse_dtype(args.dtype)
     source, source_fps = read_video(args.source, max_frames=args.frames)
     edited, edited_fps = read_video(args.edited, max_frames=args.frames)
     reference = load_image(args.reference) if args.reference else None

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.errors import InputError, KiwiError
 
 __all__ = ["BuildSettings", "BuildSummary", "build_references", "add_parser", "run", "REQUIRED_COLUMNS"]
@@ -345,7 +346,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from comfy_kiwi.judging import VLMSettings, load_clip, load_vlm
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype)
+    dtype = parse_dtype(args.dtype)
     settings = BuildSettings(mode=args.mode, frame_index=args.frame_index, coordinate_space=args.coordinate_space,
                              quality_threshold=args.quality_threshold, check_quality=not args.no_quality,
                              dedupe_threshold=args.dedupe_threshold, attempts=args.attempts, seed=args.seed,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.methods import imvideoedit as ive
 
 from .base import TrainingMethod, TrainModule, flow_match_loss, noised
@@ -63,8 +64,7 @@ class ImVideoEditMethod(TrainingMethod):
 
     def build(self, models: dict) -> ImVideoEditModule:
         dit = models["dit"].requires_grad_(False).eval()
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            self.cfg.precision.adapter_dtype]
+        dtype = parse_dtype(self.cfg.precision.adapter_dtype)
         adapter = ive.attach(dit, dtype=dtype).requires_grad_(True).train()
         if self.cfg.precision.gradient_checkpointing:
             enable_gradient_checkpointing(dit)
