@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ..attention import BACKENDS, attention
@@ -39,11 +40,22 @@ class CastLinear(nn.Linear):
         """Add the per-tensor ``scale_weight`` buffer (before loading a scaled-fp8 file)."""
         self.scale_weight = torch.ones(shape, dtype=torch.float32, device=self.weight.device)
 
+    def compute_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight in ``dtype``: upcast, times ``scale_weight`` (a number, per row, or per tile)."""
+        w = self.weight if self.weight.dtype == dtype else self.weight.to(dtype)
+        s = self.scale_weight
+        if s is None:
+            return w
+        if s.ndim == 2 and s.shape[1] > 1:   # block-wise scales [⌈out/b⌉, ⌈in/b⌉] of b×b tiles
+            b = -(-w.shape[0] // s.shape[0])
+            s = s.repeat_interleave(b, 0)[:w.shape[0]].repeat_interleave(b, 1)[:, :w.shape[1]]
+        return w * s.to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype)
-        if self.scale_weight is not None:
-            w = w * self.scale_weight.to(x.dtype)
-        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+        b = self.bias
+        if b is not None and b.dtype != x.dtype:
+            b = b.to(x.dtype)
+        return F.linear(x, self.compute_weight(x.dtype), b)
 
 
 class RMSNorm(nn.Module):
@@ -127,10 +139,21 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(SelfAttention):
-    """Attention from the video tokens to the context tokens; no RoPE, no gate."""
+    """Attention from the video tokens to the context tokens; no RoPE, no gate.
+
+    ``kv_cache`` (set by ``comfy_kiwi.memory.kv_cache``) memoises the context's keys/values: the
+    context is the same at every sampling step, so they are computed once per run.
+    """
+
+    kv_cache = None
 
     def key_value(self, context: torch.Tensor):
-        """Context [B, Lc, dim] → (k, v) [B, Lc, H, D]; one place for a later K/V cache to wrap."""
+        """Context [B, Lc, dim] → (k, v) [B, Lc, H, D], from the cache when one is attached."""
+        if self.kv_cache is not None:
+            return self.kv_cache.lookup(self, context, self.compute_key_value)
+        return self.compute_key_value(context)
+
+    def compute_key_value(self, context: torch.Tensor):
         return self.heads(self.norm_k(self.k(context))), self.heads(self.v(context))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -201,6 +224,8 @@ class WanDiT(nn.Module):
         self.reference_first = False
         self.sinusoid_dtype = torch.float64       # float32 = diffusers' time-embedding numerics
         self.context_embedding = "auto"
+        self.gradient_checkpointing = False       # recompute each block in backward (training only)
+        self.kv_cache = None                      # see comfy_kiwi.memory.kv_cache
         self.attention_backend = "auto"
 
     # --- settings -----------------------------------------------------------------------------------
@@ -291,12 +316,20 @@ class WanDiT(nn.Module):
         if context.shape[0] not in (1, batch):
             raise InputError(f"context batch {context.shape[0]} does not match the latents' batch {batch}.")
         if self._context_mode(context.shape[-1]) == "text":
-            context = self.text_embedding(context.to(self.dtype))
+            if self.kv_cache is not None:     # the umT5 projection is as constant as the K/V
+                context = self.kv_cache.lookup(self.text_embedding, context,
+                                               lambda c: self.text_embedding(c.to(self.dtype)))
+            else:
+                context = self.text_embedding(context.to(self.dtype))
         return context.to(self.dtype).expand(batch, -1, -1)
 
     def run_blocks(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor, rope) -> torch.Tensor:
+        checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, e, context, rope)
+            if checkpoint:   # keep only block inputs; recompute the insides during backward
+                x = torch.utils.checkpoint.checkpoint(block, x, e, context, rope, use_reentrant=False)
+            else:
+                x = block(x, e, context, rope)
         return x
 
     def unpatchify(self, x: torch.Tensor, grid) -> torch.Tensor:

@@ -1,0 +1,259 @@
+"""Memory planner: the estimated peak memory of each stage of an edit, and settings that fit a GPU.
+
+Estimates, not measurements: weights are counted exactly (the models are built on the meta device
+and their parameters counted); activations use per-token / per-pixel byte counts of this code's
+forward passes (listed in each stage's lines, so the arithmetic can be checked). Attention never
+builds the L×L matrix (sdpa / flash / xformers kernels work in tiles); the size it *would* have is
+shown for contrast. A fixed reserve covers the CUDA context and allocator slack.
+
+Search order for the DiT stage (first that fits wins): bf16 → bf16 + block swap of up to half
+the blocks → fp8 → fp8 + block swap of any count. VAE stages switch to tiling when untiled does not
+fit; the encoder (MLLM / umT5) is offloaded to the CPU after encoding, or run on the CPU when even
+its weights do not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+from ..models.wan_config import preset
+
+GiB = 1024 ** 3
+RESERVE = int(0.75 * GiB)          # CUDA context + allocator fragmentation
+BF16 = 2
+MODELS = {
+    # DiT preset, VAE ("2.1" ×8 / "2.2" ×16), text-side encoder, its parameter count, context tokens
+    "wan2.2-ti2v-5b": dict(dit="wan2.2-ti2v-5b", vae="2.2", encoder="MLLM (Qwen2.5-VL-3B, Kiwi-Edit)",
+                           encoder_params=3.75e9, context=512, ref_context=768),
+    "wan2.1-t2v-1.3b": dict(dit="wan2.1-t2v-1.3b", vae="2.1", encoder="umT5-XXL text encoder",
+                            encoder_params=5.68e9, context=512, ref_context=0),
+    "wan2.1-t2v-14b": dict(dit="wan2.1-t2v-14b", vae="2.1", encoder="umT5-XXL text encoder",
+                           encoder_params=5.68e9, context=512, ref_context=0),
+}
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+@dataclass
+class Stage:
+    name: str
+    peak: int                       # bytes on the compute device
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    model: str
+    width: int
+    height: int
+    frames: int
+    vram: int                       # bytes
+    tokens: int
+    stages: list[Stage]
+    settings: dict                  # dtype, fp8, block_swap, vae_tiling, offload_encoder, encoder_device
+    fits: bool
+
+    @property
+    def peak(self) -> int:
+        return max(s.peak for s in self.stages)
+
+
+# --- model sizes (exact, from the architectures) ----------------------------------------------------------
+def dit_sizes(name: str) -> dict:
+    """Parameter counts of a DiT preset: per block, its fp8-eligible linears, and the rest."""
+    import torch
+
+    from ..models.wan_dit import WanDiT
+    from .fp8 import fp8_linears
+    with torch.device("meta"):
+        dit = WanDiT(preset(name))
+    block = sum(p.numel() for p in dit.blocks[0].parameters())
+    linear = sum(m.weight.numel() for n, m in fp8_linears(dit) if n.startswith("blocks.0."))
+    total = sum(p.numel() for p in dit.parameters())
+    return dict(block=block, block_linear=linear, rest=total - block * len(dit.blocks), layers=len(dit.blocks))
+
+
+def vae_params(version: str) -> int:
+    import torch
+
+    from ..models.wan_vae import WAN21_VAE, WAN22_VAE, WanVAE
+    with torch.device("meta"):
+        return sum(p.numel() for p in WanVAE(WAN22_VAE if version == "2.2" else WAN21_VAE).parameters())
+
+
+# --- stages ---------------------------------------------------------------------------------------------
+def _encoder_stage(m: dict, vram: int, frames: int) -> tuple[Stage, str]:
+    w = int(m["encoder_params"] * BF16)
+    if "Qwen" in m["encoder"]:
+        tokens = 8 * 334 + m["context"] + m["ref_context"] + 256   # 16 frames /2 temporal × 334 patches + queries
+        act = tokens * 2048 * 40                                    # hidden 2048 · ~20 live bf16 copies
+        what = f"{tokens} tokens × 2048 hidden × 40 B"
+    else:
+        tokens, act = 512, 512 * 4096 * 40
+        what = "512 tokens × 4096 hidden × 40 B"
+    device = "cuda" if w + act + RESERVE <= vram else "cpu"
+    peak = w + act + RESERVE if device == "cuda" else 0
+    lines = [f"weights {m['encoder_params'] / 1e9:.2f}e9 params × 2 B (bf16) = {gib(w)}",
+             f"activations {what} = {gib(act)}", f"reserve {gib(RESERVE)}",
+             "runs on the GPU, then offloaded to the CPU before the DiT loads" if device == "cuda"
+             else "does not fit: runs on the CPU (slow, once per edit)"]
+    return Stage(f"encode ({m['encoder']})", peak, lines), device
+
+
+def _vae_stage(kind: str, version: str, width: int, height: int, frames: int, vram: int) -> tuple[Stage, bool]:
+    w = vae_params(version) * BF16
+    # widest full-resolution feature map per pixel: 2.1 works at H×W with 96 channels, 2.2 at H/2×W/2
+    # with 160 (encoder) / 256 (decoder) channels; ~6 live copies (input, output, residual, norm, causal cache)
+    per_px = {("encode", "2.1"): 96, ("decode", "2.1"): 96, ("encode", "2.2"): 40, ("decode", "2.2"): 64}
+    chunk = 4                                        # frames per causal chunk
+    live = 6 * per_px[(kind, version)] * BF16
+    io = 3 * frames * height * width * BF16          # the whole video in or out, on the device
+    tile_px = 480 * 832
+    lines = [f"weights {vae_params(version) / 1e6:.0f}e6 params × 2 B = {gib(w)}",
+             f"video tensor 3 × {frames} × {height} × {width} × 2 B = {gib(io)}"]
+    for tiled in (False, True):
+        px = min(width * height, tile_px) if tiled else width * height
+        act = live * chunk * px
+        peak = w + io + act + RESERVE
+        if peak <= vram or tiled:
+            lines.append(f"activations {chunk} frames × {px} px{' (tile 480×832)' if tiled else ''} × "
+                         f"{live} B/px = {gib(act)}")
+            lines.append(f"reserve {gib(RESERVE)}; tiling {'on' if tiled else 'off'}")
+            return Stage(f"VAE {kind} (Wan{version})", peak, lines), tiled
+    raise AssertionError("unreachable")
+
+
+def _dit_arith(c, sizes: dict, tokens: int, ctx: int, batch: int) -> dict:
+    act_tok = max(24 * c.dim, 10 * c.dim + 4 * c.ffn_dim)   # bytes/token: attention phase vs FFN phase
+    return dict(
+        act=batch * tokens * act_tok, act_tok=act_tok,
+        kv=c.num_layers * 2 * batch * ctx * c.dim * BF16,
+        lxl=batch * c.num_heads * tokens * tokens * 4)
+
+
+def _dit_weights(sizes: dict, fp8: bool, swapped: int) -> tuple[int, str]:
+    per_block = sizes["block"] * BF16 - (sizes["block_linear"] if fp8 else 0)
+    resident = sizes["layers"] - swapped + (2 if swapped else 0)   # + running + prefetched
+    resident = min(resident, sizes["layers"])
+    w = sizes["rest"] * BF16 + resident * per_block
+    text = (f"{resident} resident blocks × {per_block / 1e6:.1f} MB ({'fp8 linears + bf16 rest' if fp8 else 'bf16'})"
+            f" + embeddings/head {sizes['rest'] * BF16 / 1e6:.1f} MB = {gib(w)}")
+    return w, text
+
+
+def _dit_stage(name: str, m: dict, tokens: int, vram: int, cfg: bool, reference: bool,
+               block_swap: int | None, fp8: bool | None) -> tuple[Stage, dict]:
+    c, sizes = preset(m["dit"]), dit_sizes(m["dit"])
+    batch = 2 if cfg else 1
+    ctx = m["context"] + (m["ref_context"] if reference else 0)
+    a = _dit_arith(c, sizes, tokens, ctx, batch)
+    candidates = []
+    for use_fp8 in ((False, True) if fp8 is None else (fp8,)):
+        limit = sizes["layers"] if (use_fp8 or fp8 is not None) else sizes["layers"] // 2
+        swaps = range(0, limit + 1) if block_swap is None else (block_swap,)
+        candidates += [(use_fp8, n) for n in swaps]
+    choice = None
+    for use_fp8, n in candidates:
+        w, _ = _dit_weights(sizes, use_fp8, n)
+        if w + a["act"] + a["kv"] + RESERVE <= vram:
+            choice = (use_fp8, n)
+            break
+    fits = choice is not None
+    use_fp8, n = choice or candidates[-1]
+    w, wtext = _dit_weights(sizes, use_fp8, n)
+    peak = w + a["act"] + a["kv"] + RESERVE
+    lines = [f"weights: {wtext}",
+             f"tokens L = {tokens} (batch {batch}{', CFG' if cfg else ''})",
+             f"activations {batch} × {tokens} tokens × {a['act_tok']} B/token "
+             f"[max(24·dim, 10·dim + 4·ffn) = max({24 * c.dim}, {10 * c.dim + 4 * c.ffn_dim})] = {gib(a['act'])}",
+             f"attention: q,k,v,out tiles only (counted above); the L×L matrix would be "
+             f"{batch}×{c.num_heads}×{tokens}² × 4 B = {gib(a['lxl'])} — never built",
+             f"K/V cache {c.num_layers} layers × 2 × {batch} × {ctx} ctx × {c.dim} × 2 B = {gib(a['kv'])}",
+             f"reserve {gib(RESERVE)}"]
+    if n:
+        lines.append(f"block swap {n} of {sizes['layers']} blocks: "
+                     f"{n * (sizes['block'] * BF16 - (sizes['block_linear'] if use_fp8 else 0)) / GiB:.2f} GiB "
+                     "moved over PCIe per step (in pinned RAM)")
+    return Stage(f"DiT sampling ({name})", peak, lines), dict(fp8=use_fp8, block_swap=n, fits=fits)
+
+
+def latent_tokens(model: str, width: int, height: int, frames: int, reference: bool = False) -> int:
+    m = _model(model)
+    factor = (16 if m["vae"] == "2.2" else 8) * 2      # VAE stride × patch 2
+    if width % factor or height % factor or width <= 0 or height <= 0:
+        raise InputError(f"{model}: width and height must be positive multiples of {factor} (VAE ×{factor // 2}, "
+                         f"patch 2), got {width}x{height}.")
+    if frames < 1 or (frames - 1) % 4:
+        raise InputError(f"frames must be 4k+1 (1, 5, 9, …, 81), got {frames}.")
+    per_frame = (width // factor) * (height // factor)
+    return per_frame * ((frames - 1) // 4 + 1 + (1 if reference else 0))
+
+
+def _model(name: str) -> dict:
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; the planner knows {', '.join(MODELS)}.")
+    return MODELS[name]
+
+
+def plan(model: str, width: int, height: int, frames: int, vram_gb: float, *, cfg: bool = False,
+         reference: bool = False, block_swap: int | None = None, fp8: bool | None = None) -> Plan:
+    """Estimate each stage's peak and pick settings that fit ``vram_gb``. ``block_swap``/``fp8``
+    fix those choices instead of searching."""
+    m = _model(model)
+    if not vram_gb > 0:
+        raise InputError(f"vram must be a positive number of GB, got {vram_gb!r}.")
+    if reference and not m["ref_context"]:
+        raise InputError(f"{model} takes no reference image (only the Kiwi-Edit 5B models do).")
+    vram = int(vram_gb * GiB)
+    tokens = latent_tokens(model, width, height, frames, reference)
+    enc, enc_device = _encoder_stage(m, vram, frames)
+    venc, enc_tiled = _vae_stage("encode", m["vae"], width, height, frames, vram)
+    dit, choice = _dit_stage(model, m, tokens, vram, cfg, reference, block_swap, fp8)
+    vdec, dec_tiled = _vae_stage("decode", m["vae"], width, height, frames, vram)
+    stages = [enc, venc, dit, vdec]
+    settings = dict(dtype="bfloat16", fp8=choice["fp8"], block_swap=choice["block_swap"],
+                    vae_tiling=enc_tiled or dec_tiled, offload_encoder=True, encoder_device=enc_device,
+                    kv_cache=True)
+    fits = choice["fits"] and all(s.peak <= vram for s in stages)
+    return Plan(model, width, height, frames, vram, tokens, stages, settings, fits)
+
+
+def format_plan(p: Plan) -> str:
+    out = [f"{p.model}, {p.width}x{p.height}, {p.frames} frames, {p.vram / GiB:g} GiB VRAM "
+           f"→ {p.tokens} DiT tokens"]
+    for s in p.stages:
+        flag = "" if s.peak <= p.vram else "   ← over budget"
+        out.append(f"\n{s.name}: peak ≈ {gib(s.peak)}{flag}")
+        out += [f"  {line}" for line in s.lines]
+    st = p.settings
+    out.append("\nsettings that fit:" if p.fits else "\nDOES NOT FIT even with every saving; closest settings:")
+    out.append(f"  dtype {st['dtype']}, fp8 {'on (e4m3fn, per-tensor scale)' if st['fp8'] else 'off'}, "
+               f"block swap {st['block_swap']}, VAE tiling {'on' if st['vae_tiling'] else 'off'}, "
+               f"encoder {'offloaded after use' if st['encoder_device'] == 'cuda' else 'on the CPU'}, K/V cache on")
+    if not p.fits:
+        out.append("  try fewer frames or a smaller size, or more VRAM")
+    return "\n".join(out)
+
+
+def settings_for_vram(model: str, width: int, height: int, frames: int, vram_gb: float, *,
+                      cfg: bool = False, reference: bool = False) -> dict:
+    """The ``auto`` memory mode: the settings dict of :func:`plan` (+ ``fits`` and ``peak_gb``)."""
+    p = plan(model, width, height, frames, vram_gb, cfg=cfg, reference=reference)
+    return {**p.settings, "fits": p.fits, "peak_gb": round(p.peak / GiB, 2)}
+
+
+def block_swap_for(config, latent_shape, vram_gb: float, *, cfg: bool = False, reference: bool = False) -> int:
+    """Blocks to swap for a loaded DiT (``WanDiTConfig``) and its latents [B, C, f, h, w] on a GPU
+    with ``vram_gb`` free: the planner's DiT-stage choice (0 when everything fits)."""
+    from ..models.wan_config import preset_name
+    name = preset_name(config)
+    if name not in MODELS:
+        raise InputError(f"the planner only knows the released models ({', '.join(MODELS)}); this DiT is "
+                         f"{name!r}: set the block swap count by hand.")
+    f, h, w = latent_shape[-3:]
+    factor = 16 if MODELS[name]["vae"] == "2.2" else 8
+    p = plan(name, w * factor, h * factor, (f - 1) * 4 + 1, vram_gb, cfg=cfg, reference=reference, fp8=False)
+    return int(p.settings["block_swap"])
