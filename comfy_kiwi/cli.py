@@ -27,8 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_cmd_info)
     from .edit_command import add_edit_parser
     from .judging.judge_command import add_judge_parser
+    from .memory.plan_command import add_plan_parser
     add_edit_parser(sub)
     add_judge_parser(sub)
+    add_plan_parser(sub)
     return p
 
 

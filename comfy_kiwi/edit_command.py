@@ -37,13 +37,20 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--schedule", choices=["kiwi", "diffusers"], default=d.schedule,
                    help="σ_min 0 (kiwi) or 0.003/1.002 (diffusers release)")
     p.add_argument("--denoise", type=float, default=d.denoise)
-    p.add_argument("--frames", type=int, default=d.num_frames, help="use the first N source frames (4k+1)")
+    p.add_argument("--frames", type=int, default=d.num_frames,
+                   help="use the first N source frames (4k+1); 0 = all")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per-frame pixel budget (W·H)")
     p.add_argument("--fps", type=float, default=None, help="output fps (default: the source's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--attention", default="auto", help="auto, sdpa, xformers, flash, sage")
     p.add_argument("--tiled-vae", action="store_true", help="encode/decode the VAE in tiles (less memory)")
+    p.add_argument("--block-swap", type=int, default=0,
+                   help="DiT blocks kept in CPU RAM and moved to the GPU one at a time (less VRAM, slower); "
+                        "see `python -m comfy_kiwi plan` for a value that fits your card")
+    p.add_argument("--window", type=int, default=None,
+                   help="long videos (InstructX): edit in windows of this many frames (4k+1), each window "
+                        "starting from the previous window's last edited frame; use with --frames 0 for all frames")
     p.add_argument("--save-latents", default=None,
                    help="also write the final latents (key 'latents') and context (key 'context') here")
     g = p.add_argument_group("ImVideoEdit (Wan2.1 T2V + trained Predict-Update modules)")
@@ -64,7 +71,7 @@ def run_edit(args) -> int:
     from safetensors.torch import save_file
 
     from .frames import load_image
-    from .pipeline import EditPipeline, EditSettings
+    from .pipeline import EditPipeline, EditResult, EditSettings
     from .video_io import read_video, write_video
 
     out = Path(args.out)
@@ -76,17 +83,29 @@ def run_edit(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = parse_dtype(args.dtype, device)
 
-    frames, fps = read_video(args.video, max_frames=args.frames)
+    if args.window is not None and (args.imvideoedit or args.save_latents):
+        raise InputError("--window edits window by window: it cannot be combined with --imvideoedit or "
+                         "--save-latents (there is no single latent tensor).")
+    if args.block_swap < 0:
+        raise InputError(f"--block-swap must be ≥ 0, got {args.block_swap}.")
+    max_frames = args.frames or None
+    frames, fps = read_video(args.video, max_frames=max_frames)
     refs = [load_image(r) for r in args.reference] if args.reference else None
     settings = EditSettings(steps=args.steps, shift=args.shift, schedule=args.schedule, cfg=args.cfg,
                             seed=args.seed, denoise=args.denoise, max_pixels=args.max_pixels,
-                            num_frames=args.frames, vae_tiled=args.tiled_vae)
+                            num_frames=max_frames, vae_tiled=args.tiled_vae, block_swap=args.block_swap)
     print(f"loading {args.model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
     if args.imvideoedit:
         result = _run_imvideoedit(args, frames, settings, dtype, device)
     else:
-        pipe = EditPipeline.from_pretrained(args.model, dtype=dtype, device=device, attention=args.attention)
-        result = pipe.edit(frames, args.instruction, refs, settings)
+        pipe = EditPipeline.from_pretrained(args.model, dtype=dtype, device=device, attention=args.attention,
+                                            dit_device="cpu" if args.block_swap else None)
+        if args.window is not None:
+            from .long_video import edit_long_video
+            edited = edit_long_video(pipe, frames, args.instruction, refs, settings, window=args.window)
+            result = EditResult(edited, None, None, settings)
+        else:
+            result = pipe.edit(frames, args.instruction, refs, settings)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
@@ -99,7 +118,7 @@ def run_edit(args) -> int:
                    "context": result.context.float().cpu().contiguous()}, args.save_latents)
     print(json.dumps({"out": str(out), "frames": int(result.frames.shape[0]),
                       "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
-                      "latents": list(result.latents.shape)}))
+                      "latents": None if result.latents is None else list(result.latents.shape)}))
     return 0
 
 

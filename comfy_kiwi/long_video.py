@@ -63,7 +63,7 @@ def edit_long_video(pipeline, frames: torch.Tensor, instruction: str, reference=
         source_frames = original if handover is None else torch.cat([handover[None].to(original), original[1:]])
         cond = pipeline.encode_instruction(instruction, original, reference, with_negative=s.cfg != 1.0)
         source = pipeline.encode_source(source_frames, reference, tiled=s.vae_tiled)
-        out = pipeline.decode(sample_edit(pipeline.dit, cond, source, s), tiled=s.vae_tiled)
+        out = pipeline.decode(sample_edit(pipeline.dit, cond, source, s, device=pipeline.device), tiled=s.vae_tiled)
         if out.shape[0] != length:
             raise InputError(f"window {j} decoded to {out.shape[0]} frames instead of {length}; the VAE and "
                              "window length do not fit (windows must be 4k+1 frames).")

@@ -7,6 +7,7 @@ a CPU float32 generator seeded with ``seed``; see ``EditSettings``.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class EditSettings:
     num_frames: int | None = 81     # first N frames; None = all
     frame_mode: str = "trim"        # non-4k+1 counts: "trim" (with a warning) or "error"
     vae_tiled: bool = False
+    kv_cache: bool = True           # cross-attention K/V of the context computed once per run (exact)
+    block_swap: int = 0             # DiT blocks kept in CPU RAM, brought to the compute device one at a time
     progress: bool = True
 
     def replace(self, **kw) -> "EditSettings":
@@ -64,8 +67,8 @@ class SourceConditioning:
 @dataclass
 class EditResult:
     frames: torch.Tensor                  # [F, H, W, 3] in 0..1
-    latents: torch.Tensor                 # [1, C, f, h, w]
-    context: torch.Tensor                 # [1, L, dim]
+    latents: torch.Tensor | None          # [1, C, f, h, w] (None for window-by-window long videos)
+    context: torch.Tensor | None          # [1, L, dim]
     settings: EditSettings = field(default_factory=EditSettings)
 
 
@@ -82,9 +85,13 @@ def model_device(module: torch.nn.Module) -> torch.device:
 
 
 def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, settings: EditSettings,
-                init_latents: torch.Tensor | None = None) -> torch.Tensor:
-    """Run the flow-match sampler of one edit; returns the edited latents [1, C, f, h, w]."""
-    dtype, device = model_dtype(dit), model_device(dit)
+                init_latents: torch.Tensor | None = None, device=None) -> torch.Tensor:
+    """Run the flow-match sampler of one edit; returns the edited latents [1, C, f, h, w].
+
+    ``device`` is where the DiT computes (default: where its weights are); with ``settings.block_swap``
+    the DiT may wait in CPU RAM and only its blocks visit ``device`` one at a time."""
+    dtype = model_dtype(dit)
+    device = torch.device(device) if device is not None else model_device(dit)
     shape = source.latent_shape
     sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule, settings.denoise)
     noise = noise_like(shape, settings.seed, dtype=dtype, device=device)
@@ -119,7 +126,10 @@ def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, setting
             return v_neg + settings.cfg * (v_pos - v_neg)
         return v
 
-    return sample_euler(velocity, x, sigmas, progress=settings.progress)
+    from .memory import block_swap, kv_cache
+    swap = block_swap(dit, settings.block_swap, compute_device=device) if settings.block_swap else nullcontext()
+    with swap, kv_cache(dit, enabled=settings.kv_cache):
+        return sample_euler(velocity, x, sigmas, progress=settings.progress)
 
 
 class EditPipeline:
@@ -134,8 +144,10 @@ class EditPipeline:
 
     @classmethod
     def from_pretrained(cls, folder, dtype: torch.dtype | None = torch.bfloat16, device=None,
-                        attention: str = "auto") -> "EditPipeline":
-        """Load a whole Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, processor/, embedders)."""
+                        attention: str = "auto", dit_device=None) -> "EditPipeline":
+        """Load a whole Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, processor/, embedders).
+
+        ``dit_device="cpu"`` keeps the DiT in RAM (for block swap: see ``EditSettings.block_swap``)."""
         from .loading.dit_loader import load_dit
         from .loading.inspect import is_release_folder
         from .loading.vae_loader import load_vae
@@ -150,7 +162,7 @@ class EditPipeline:
                 f"{folder}: not a complete Kiwi-Edit release folder; missing part(s): {', '.join(missing)} "
                 "(expected transformer/, vae/, mllm_encoder/, processor/, source_embedder/, ref_embedder/).")
         device = torch.device(device) if device is not None else comfy_adapter.compute_device()
-        dit = load_dit(folder, dtype=dtype, device=device, attention=attention)
+        dit = load_dit(folder, dtype=dtype, device=dit_device or device, attention=attention)
         vae = load_vae(folder / "vae", dtype=dtype, device=device)
         mllm = load_mllm_encoder(folder, dtype=dtype, device="cpu" if device.type != "cpu" else device)
         return cls(dit, vae, mllm, device=device)
@@ -211,5 +223,5 @@ class EditPipeline:
         frames = self.prepare(frames, s)
         cond = self.encode_instruction(instruction, frames, reference, with_negative=s.cfg != 1.0)
         source = self.encode_source(frames, reference, tiled=s.vae_tiled)
-        latents = sample_edit(self.dit, cond, source, s)
+        latents = sample_edit(self.dit, cond, source, s, device=self.device)
         return EditResult(self.decode(latents, tiled=s.vae_tiled), latents, cond.context, s)

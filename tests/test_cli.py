@@ -109,3 +109,29 @@ def test_edit_too_small_video(release, tmp_path, capsys):
     assert main(["edit", "--model", str(release), "--video", str(small), "--instruction", "make it red",
                  "--out", str(tmp_path / "o.mp4"), "--steps", "1"]) == 2
     assert "32" in capsys.readouterr().err
+
+
+def test_edit_plan_block_swap_and_long_video(release, tmp_path, capsys):
+    long_video = tmp_path / "long.mp4"
+    write_video(long_video, tiny_video_frames(13, 72, 88), fps=8)
+    out = tmp_path / "long_out.mp4"
+    assert main(["edit", "--model", str(release), "--video", str(long_video), "--instruction", "make it red",
+                 "--out", str(out), "--steps", "1", "--frames", "0", "--window", "5", "--block-swap", "1"]) == 0
+    frames, _ = read_video(out)
+    assert frames.shape[0] == 13          # windows of 5 frames overlapping by one: 0-4, 4-8, 8-12
+    capsys.readouterr()
+    assert main(["edit", "--model", str(release), "--video", str(long_video), "--instruction", "make it red",
+                 "--out", str(out), "--window", "5", "--save-latents", str(tmp_path / "l.safetensors")]) == 2
+    assert "--window" in capsys.readouterr().err
+    assert main(["plan", "--model", "wan2.1-t2v-1.3b", "--size", "832x480", "--frames", "81", "--vram", "12"]) == 0
+    assert "DiT" in capsys.readouterr().out
+
+
+def test_block_swap_sampling_is_exact(release):
+    from comfy_kiwi import EditPipeline, EditSettings
+    pipe = EditPipeline.from_pretrained(release, dtype=torch.float32, device="cpu")
+    frames = tiny_video_frames(5, 72, 88)
+    s = EditSettings(steps=2, progress=False)
+    plain = pipe.edit(frames, "make it red", settings=s.replace(kv_cache=False))
+    swapped = pipe.edit(frames, "make it red", settings=s.replace(block_swap=2))
+    assert torch.equal(plain.latents, swapped.latents)
