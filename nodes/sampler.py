@@ -69,16 +69,47 @@ class KiwiSampler:
             "schedule": (["kiwi", "diffusers"], tip("Last noise level: kiwi goes down to 0 (training/benchmark code), "
                                                     "diffusers stops at 0.003 (the diffusers pipeline of the release).",
                                                     default="kiwi")),
+        }, "optional": {
+            "block_swap": ("INT", tip("DiT blocks kept in CPU RAM and moved to the GPU one at a time: less VRAM, "
+                                      "slower. 0 = off; -1 = auto (the memory planner picks the count for the free "
+                                      "VRAM; off on CPU). `python -m comfy_kiwi plan` shows the arithmetic.",
+                                      default=-1, min=-1, max=64)),
         }}
 
-    def sample(self, dit, conditioning, source, seed, steps, shift, cfg, denoise, schedule):
+    def sample(self, dit, conditioning, source, seed, steps, shift, cfg, denoise, schedule, block_swap=-1):
         check_compatible(dit, conditioning, source, float(cfg))
         pipeline, placement = kiwi("pipeline"), kiwi("placement")
+        device = kiwi("comfy_adapter").compute_device()
+        n = self.swap_count(dit, source, device, int(block_swap), float(cfg) != 1.0)
         settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), schedule=schedule, cfg=float(cfg),
-                                         seed=int(seed), denoise=float(denoise), progress=True)
-        with placement.on_device(dit.model), dit.applied():
-            latents = pipeline.sample_edit(dit.model, conditioning, source, settings)
+                                         seed=int(seed), denoise=float(denoise), progress=True, block_swap=n)
+        if n == 0:
+            with placement.on_device(dit.model, device), dit.applied():
+                latents = pipeline.sample_edit(dit.model, conditioning, source, settings, device=device)
+        else:  # the swap moves the resident parts itself; LoRA hooks go on first so the RAM copies carry them
+            home = placement.module_device(dit.model)
+            try:
+                with dit.applied():
+                    latents = pipeline.sample_edit(dit.model, conditioning, source, settings, device=device)
+            finally:
+                dit.model.to(home)
         return (latents.float().cpu(),)
+
+    @staticmethod
+    def swap_count(dit, source, device, requested: int, cfg: bool) -> int:
+        """The block-swap count: as asked, or (−1) the planner's choice for the free VRAM (0 off CUDA and
+        for DiTs the planner does not know)."""
+        import torch
+        if requested >= 0:
+            return requested
+        if torch.device(device).type != "cuda":
+            return 0
+        free_gb = torch.cuda.mem_get_info(device)[0] / 2**30
+        try:
+            return kiwi("memory.planner").block_swap_for(dit.model.config, source.source_latents.shape, free_gb,
+                                                         cfg=cfg, reference=source.reference_latents is not None)
+        except kiwi("errors").InputError:
+            return 0
 
 
 NODE_CLASS_MAPPINGS = {"KiwiSampler": KiwiSampler}

@@ -188,6 +188,20 @@ def test_sampler_refuses_mismatched_parts(env):
     assert latent.shape == src.source_latents.shape
 
 
+
+def test_sampler_block_swap_is_exact_and_auto_is_off_on_cpu(env):
+    c = env["pack"].NODE_CLASS_MAPPINGS
+    dit, vae, mllm = c["KiwiReleaseLoader"]().load("kiwi-edit-5b-instruct-reference-diffusers", "auto", "auto", "auto")
+    frames = _frames(5)
+    (cond,) = c["KiwiMLLMEncode"]().encode(mllm, frames, "make it red", False)
+    (src,) = c["KiwiEncodeSource"]().encode(vae, frames, "model default", False)
+    sampler = c["KiwiSampler"]()
+    (plain,) = sampler.sample(dit, cond, src, 0, 2, 5.0, 1.0, 1.0, "kiwi", block_swap=0)
+    (swapped,) = sampler.sample(dit, cond, src, 0, 2, 5.0, 1.0, 1.0, "kiwi", block_swap=2)
+    assert torch.equal(plain, swapped)
+    assert sampler.swap_count(dit, src, "cpu", -1, False) == 0
+    assert all(p.device.type == "cpu" for p in dit.model.parameters())
+
 def test_models_are_cached_and_reloaded_when_files_change(env):
     from comfy_kiwi.model_cache import default_cache
     loader = env["pack"].NODE_CLASS_MAPPINGS["KiwiVAELoader"]()

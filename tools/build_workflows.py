@@ -190,7 +190,7 @@ class Graph:
 # --------------------------------------------------------------------------------------------------
 
 SAMPLER = {"seed": 42, "control_after_generate": "fixed", "steps": 50, "shift": 5.0, "cfg": 1.0, "denoise": 1.0,
-           "schedule": "kiwi"}
+           "schedule": "kiwi", "block_swap": -1}
 LOADER = {"dtype": "auto", "device": "auto", "attention": "auto"}
 
 
