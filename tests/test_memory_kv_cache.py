@@ -132,3 +132,17 @@ def test_batched_cfg_equals_two_separate_forwards(kiwi_dit):
             vp = kiwi_dit(y, tt, pos, source_latents=src, source_scale=sig[i])
             y = y + (vn + 2.5 * (vp - vn)) * (sig[i + 1] - sig[i])
     assert torch.allclose(got, y, atol=1e-5, rtol=0)
+
+
+def test_cache_works_under_inference_mode():
+    """ComfyUI executes nodes under torch.inference_mode(): tensors there have no version counter."""
+    from comfy_kiwi.memory import kv_cache
+    from comfy_kiwi.testing.tiny_dit import random_inputs, tiny_dit
+    with torch.inference_mode():
+        dit = tiny_dit("2.1", seed=0)
+        inp = random_inputs(dit, seed=1)
+        x, t, ctx = inp["latents"], inp["timestep"], inp["context"]
+        plain = dit(x, t, ctx)
+        with kv_cache(dit) as cache:
+            a, b = dit(x, t, ctx), dit(x, t, ctx)
+        assert torch.equal(plain, a) and torch.equal(a, b) and cache.hits > 0

@@ -26,9 +26,15 @@ from torch import nn
 from ..errors import InputError
 
 
+def _version(t: torch.Tensor) -> int:
+    """The in-place version counter; inference tensors (ComfyUI runs nodes under ``inference_mode``)
+    have none, and cannot be changed in place outside inference mode, so they count as version -1."""
+    return -1 if t.is_inference() else t._version
+
+
 def _tensor_key(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype,
-            t.device, t._version)
+            t.device, _version(t))
 
 
 class KVCache:
@@ -42,7 +48,7 @@ class KVCache:
     def lookup(self, owner: nn.Module, context: torch.Tensor, compute: Callable[[torch.Tensor], object]):
         if torch.is_grad_enabled():
             return compute(context)
-        key = (_tensor_key(context), tuple(p._version for p in owner.parameters()))
+        key = (_tensor_key(context), tuple(_version(p) for p in owner.parameters()))
         entry = self._entries.get(id(owner))
         if entry is not None and entry[0] == key:
             self.hits += 1
