@@ -4,14 +4,14 @@ One module per feature; each defines its own NODE_CLASS_MAPPINGS / NODE_DISPLAY_
 collected here in menu order.
 """
 
-from . import (decode, imvideoedit, judge, load_parts, load_release, lora, mllm_encode, prepare_frames, reference,
-               rewards, sampler, source_encode)
+from . import (decode, imvideoedit, judge, load_parts, load_release, long_video, lora, mllm_encode, prepare_frames,
+               reference, rewards, sampler, source_encode)
 from .common import kiwi
 
 # models/kiwi/ for whole release folders (only inside ComfyUI; configured paths are kept)
 kiwi("comfy_adapter").register_model_folder("kiwi")
 
-_FEATURES = (load_release, load_parts, lora, prepare_frames, mllm_encode, source_encode, sampler, decode,
+_FEATURES = (load_release, load_parts, lora, prepare_frames, mllm_encode, source_encode, sampler, long_video, decode,
              imvideoedit, judge, rewards, reference)
 
 NODE_CLASS_MAPPINGS: dict = {}

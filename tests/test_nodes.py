@@ -14,7 +14,7 @@ import comfy_harness as H
 
 ROOT = Path(__file__).resolve().parents[1]
 OWN_MODULES = ("load_release", "load_parts", "lora", "prepare_frames", "mllm_encode", "source_encode", "sampler",
-               "decode")
+               "long_video", "decode")
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +201,16 @@ def test_sampler_block_swap_is_exact_and_auto_is_off_on_cpu(env):
     assert torch.equal(plain, swapped)
     assert sampler.swap_count(dit, src, "cpu", -1, False) == 0
     assert all(p.device.type == "cpu" for p in dit.model.parameters())
+
+
+def test_long_video_node_covers_every_frame(env):
+    c = env["pack"].NODE_CLASS_MAPPINGS
+    dit, vae, mllm = c["KiwiReleaseLoader"]().load("kiwi-edit-5b-instruct-only-diffusers", "auto", "auto", "auto")
+    node = c["KiwiLongVideoEdit"]()
+    (out,) = node.edit(dit, vae, mllm, _frames(13), "make it red", 5, 921600, 0, 1, 5.0, 1.0, "kiwi")
+    assert out.shape == (13, 64, 64, 3)          # windows 0-4, 4-8, 8-12 sharing their boundary frames
+    with pytest.raises(Exception, match="4k"):
+        node.edit(dit, vae, mllm, _frames(13), "make it red", 6, 921600, 0, 1, 5.0, 1.0, "kiwi")
 
 def test_models_are_cached_and_reloaded_when_files_change(env):
     from comfy_kiwi.model_cache import default_cache
