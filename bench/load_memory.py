@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -24,26 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from peak_rss import PeakRSS  # bench/peak_rss.py (this folder is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "wan2.1-t2v-1.3b"
 GOAL = 1.3
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")   # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def write_checkpoint(path: Path) -> int:
@@ -81,12 +67,11 @@ def measure(path: str) -> dict:
     from comfy_kiwi.loading.dit_loader import load_dit
 
     torch.set_num_threads(2)
-    before = _rss_kb("VmRSS")
-    exact = _reset_peak()
-    t0 = time.perf_counter()
-    model = load_dit(path)
-    seconds = time.perf_counter() - t0
-    peak = _rss_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        model = load_dit(path)
+        seconds = time.perf_counter() - t0
+    before, peak, exact = mem.before_kb, mem.peak_kb, mem.exact
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"baseline_mb": before / 1024, "peak_mb": peak / 1024, "weights_mb": params / 2**20,
             "seconds": seconds, "exact_peak": exact, "dtype": str(model.dtype)}

@@ -17,32 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from peak_rss import PeakRSS  # bench/peak_rss.py (this folder is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 5          # 2 latent frames: the first (1 pixel frame) and one full chunk (4 frames)
 DIM = 32            # real Wan2.1: 96
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")   # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def measure_one(size: int, tile: int | None) -> dict:
@@ -59,15 +45,14 @@ def measure_one(size: int, tile: int | None) -> dict:
     z = torch.randn(1, vae.z_dim, (FRAMES - 1) // 4 + 1, lat, lat)
     # warm-up on a tiny input so one-off allocations (thread pools, kernels) are not counted
     vae.decode(z[..., :2, :2])
-    before = _rss_kb("VmRSS")
-    exact = _reset_peak()
-    t0 = time.perf_counter()
-    if tile is None:
-        out = vae.decode(z)
-    else:
-        out = vae.decode(z, tiled=True, tile=(tile, tile), stride=(tile // 2, tile // 2))
-    seconds = time.perf_counter() - t0
-    peak = _rss_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        if tile is None:
+            out = vae.decode(z)
+        else:
+            out = vae.decode(z, tiled=True, tile=(tile, tile), stride=(tile // 2, tile // 2))
+        seconds = time.perf_counter() - t0
+    before, peak, exact = mem.before_kb, mem.peak_kb, mem.exact
     return {"size": size, "tile": tile, "peak_rise_mb": (peak - before) / 1024,
             "output_mb": out.numel() * out.element_size() / 2**20, "seconds": seconds, "exact_peak": exact}
 
