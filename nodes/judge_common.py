@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
+
+from .common import kiwi
 
 VLM_TYPE = "KIWI_VLM"
 CLIP_TYPE = "KIWI_CLIP"
@@ -15,14 +16,8 @@ DEVICE_CHOICES = ["auto", "cpu", "cuda"]
 
 
 def lib(module: str = "comfy_kiwi.judging"):
-    """Import a comfy_kiwi module: the installed/path package first, else the copy inside this pack."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        pack = __package__.rsplit(".", 1)[0] if __package__ and "." in __package__ else None
-        if pack is None:
-            raise
-        return importlib.import_module(f"{pack}.{module}")
+    """Import a comfy_kiwi module by its full name (installed, or the copy inside this pack)."""
+    return kiwi(module.removeprefix("comfy_kiwi").lstrip("."))
 
 
 def torch_dtype(name: str):
