@@ -1,0 +1,1 @@
+"""Kiwi-Edit training numerics and checkpoint export."""
