@@ -138,6 +138,18 @@ def _as_pil(image: ImageLike, name: str = "image") -> Image.Image:
     return Image.fromarray(_to_uint8_array(t[0]))
 
 
+def check_input_file(path, kind: str) -> str:
+    """The path as a string, or a clear error when it is missing, a directory or empty."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{kind} file not found: {path!r}")
+    if os.path.isdir(path):
+        raise InputError(f"expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} file but got a directory: {path!r}")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{kind} file is empty (0 bytes): {path!r}")
+    return path
+
+
 def load_image(path) -> torch.Tensor:
     """Read an image file as ``[1, H, W, 3]`` float32 in 0..1.
 
@@ -147,13 +159,7 @@ def load_image(path) -> torch.Tensor:
     (often black). EXIF orientation is applied, as photo viewers do. For animated files the
     first frame is used.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"image file not found: {path!r}")
-    if os.path.isdir(path):
-        raise InputError(f"expected an image file but got a directory: {path!r}")
-    if os.path.getsize(path) == 0:
-        raise InputError(f"image file is empty (0 bytes): {path!r}")
+    path = check_input_file(path, "image")
     try:
         with Image.open(path) as img:
             img.load()

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .errors import BackendUnavailableError, InputError
-from .frames import _to_uint8_array, check_frames, load_image
+from .frames import _to_uint8_array, check_frames, check_input_file, load_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -85,17 +85,6 @@ def _check_fps(fps, what: str) -> Fraction:
         return fps
     # repr() gives the shortest decimal for the float, so 29.97 becomes 2997/100, not a binary fraction.
     return Fraction(repr(value)).limit_denominator(1_000_000)
-
-
-def _check_input_file(path) -> str:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"video file not found: {path!r}")
-    if os.path.isdir(path):
-        raise InputError(f"expected a video file but got a directory: {path!r}")
-    if os.path.getsize(path) == 0:
-        raise InputError(f"video file is empty (0 bytes): {path!r}")
-    return path
 
 
 def available_codecs(container: str = "mp4") -> list:
@@ -242,7 +231,7 @@ def read_video(path, max_frames: int | None = None, fps: float | None = None, st
         frames — the requested ``fps`` when resampling, else the stream's average rate (from the
         timestamps when the container has none; 1.0 for a still image).
     """
-    path = _check_input_file(path)
+    path = check_input_file(path, "video")
     if max_frames is not None and int(max_frames) < 1:
         raise InputError(f"max_frames must be at least 1 (or None for all frames); got {max_frames}")
     if int(start) < 0:
