@@ -94,3 +94,19 @@ def load_checkpoint(path) -> dict:
                 "state": json.loads((path / "state.json").read_text())}
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} is incomplete or unreadable: {e}") from None
+
+
+def load_init_state(path) -> dict:
+    """Trainable weights to start from (``checkpoint.init_from``): a final ``<method>.safetensors``, a
+    checkpoint folder (its ``trainable.safetensors``) or a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        found = find_checkpoint(path, "auto") if (path / "checkpoints").is_dir() else path
+        if found is None or not (found / "trainable.safetensors").is_file():
+            raise CheckpointError(f"checkpoint.init_from {path}: no trainable.safetensors (expected a checkpoint "
+                                  "folder, a run folder with checkpoints/, or a .safetensors file).")
+        path = found / "trainable.safetensors"
+    try:
+        return load_file(str(path))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint.init_from {path}: not a readable safetensors file ({e}).") from None

@@ -18,6 +18,7 @@ from comfy_kiwi.errors import InputError
 PRECISIONS = ("no", "bf16", "fp16")
 DTYPES = ("fp32", "bf16", "fp16")
 DATA_FORMATS = ("image_pairs", "kiwi")
+LR_SCHEDULES = ("warmup_then_constant", "kiwi_constant")   # kiwi_constant: torch ConstantLR defaults (1/3 for 5 steps)
 
 
 @dataclass
@@ -27,6 +28,8 @@ class ModelConfig:
     text_encoder: str = ""            # umT5 folder (UMT5EncoderModel + tokenizer)
     dtype: str = "bf16"               # storage dtype of the frozen base DiT
     attention: str = "auto"
+    mllm: str = ""                    # Qwen2.5-VL folder or Kiwi-Edit release (methods with an MLLM encoder)
+    mllm_preset: str = "kiwi-edit"    # comfy_kiwi.mllm.config preset: kiwi-edit | instructx
 
 
 @dataclass
@@ -39,6 +42,21 @@ class DataConfig:
     frames: int = 1                   # kiwi format: frames per clip (4k+1)
     text_len: int = 512               # umT5 context zero-padded to this many tokens (as Wan does)
     cache_dir: str = ""               # default: <output_dir>/cache
+    max_pixels: int = 0               # > 0: per-item size as the Kiwi loader (≤ max_pixels, sides × multiple)
+                                      # instead of resolution² buckets
+    datasets: list = field(default_factory=list)     # several datasets: [[data.datasets]] tables with
+                                      # dataset (path) and optional format, frames, max_pixels, name
+    mix_weights: list = field(default_factory=list)  # one weight per dataset ([2, 1, 1]); empty = round robin
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a (possibly mixed) run; unset fields take the [data] values."""
+    dataset: str = ""
+    format: str = ""
+    frames: int = 0
+    max_pixels: int = -1
+    name: str = ""
 
 
 @dataclass
@@ -61,7 +79,8 @@ class ScheduleConfig:
     max_steps: int = 1000             # optimiser steps
     warmup_steps: int = 0             # linear warm-up from 0, then constant
     batch_size: int = 1               # per process, per micro-step
-    grad_accum: int = 1
+    grad_accum: int = 0               # 0 = one micro-step per dataset (1 for a single dataset; Kiwi's rule)
+    lr_schedule: str = "warmup_then_constant"   # or "kiwi_constant": ConstantLR factor 1/3 for 5 steps
     timestep_shift: float = 5.0       # shift of the 1000-step training schedule
     seed: int = 0
 
@@ -78,6 +97,8 @@ class CheckpointConfig:
     output_dir: str = "runs/train"
     every: int = 500
     keep: int = 3                     # newest checkpoints kept (0 = all)
+    init_from: str = ""               # a previous stage's final .safetensors (or checkpoint folder): initial
+                                      # trainable weights, loaded non-strictly (stage 2 starts from stage 1)
 
 
 @dataclass
@@ -119,6 +140,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def dataset_specs(self) -> list[DatasetSpec]:
+        """The datasets of the run with defaults filled in: ``data.datasets`` or the single ``data.dataset``."""
+        d = self.data
+        tables = d.datasets or [{"dataset": d.dataset}]
+        out = []
+        for i, table in enumerate(tables):
+            spec = table if isinstance(table, DatasetSpec) else build_dataclass(DatasetSpec, table,
+                                                                                f"data.datasets[{i}]")
+            out.append(DatasetSpec(spec.dataset, spec.format or d.format, spec.frames or d.frames,
+                                   d.max_pixels if spec.max_pixels < 0 else spec.max_pixels,
+                                   spec.name or Path(spec.dataset).stem or f"dataset{i}"))
+        return out
 
 
 def _type_ok(value, tp) -> bool:
@@ -168,9 +202,10 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
     _choice(cfg.precision.adapter_dtype, DTYPES, "precision.adapter_dtype")
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
     _choice(cfg.data.format, DATA_FORMATS, "data.format")
+    _choice(cfg.schedule.lr_schedule, LR_SCHEDULES, "schedule.lr_schedule")
     for label, v, zero_ok in (("schedule.max_steps", cfg.schedule.max_steps, False),
                               ("schedule.batch_size", cfg.schedule.batch_size, False),
-                              ("schedule.grad_accum", cfg.schedule.grad_accum, False),
+                              ("schedule.grad_accum", cfg.schedule.grad_accum, True),
                               ("schedule.warmup_steps", cfg.schedule.warmup_steps, True),
                               ("optimizer.lr", cfg.optimizer.lr, False),
                               ("optimizer.weight_decay", cfg.optimizer.weight_decay, True),
@@ -188,12 +223,26 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
         raise InputError(f"data.frames must be 4k+1 (1, 5, 9, …), got {cfg.data.frames}.")
     if cfg.data.multiple % 16:
         raise InputError(f"data.multiple must be a multiple of 16 (VAE ×8 and patch ×2), got {cfg.data.multiple}.")
+    specs = cfg.dataset_specs()
+    for i, spec in enumerate(specs):
+        _choice(spec.format, DATA_FORMATS, f"data.datasets[{i}].format")
+        if spec.frames % 4 != 1:
+            raise InputError(f"data.datasets[{i}].frames must be 4k+1 (1, 5, 9, …), got {spec.frames}.")
+    weights = cfg.data.mix_weights
+    if weights and (len(weights) != len(specs) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                           and w > 0 for w in weights)):
+        raise InputError(f"data.mix_weights must hold one positive number per dataset ({len(specs)}), got "
+                         f"{weights!r}.")
     from .methods import get_method        # the method validates its own options
     method_cls = get_method(cfg.method.name)
     cfg.method.options = method_cls.parse_options(cfg.method.options)
     if check_files:
-        for label, path in (("model.dit", cfg.model.dit), ("model.vae", cfg.model.vae),
-                            ("model.text_encoder", cfg.model.text_encoder), ("data.dataset", cfg.data.dataset)):
+        files = [(f"model.{name}", getattr(cfg.model, name)) for name in method_cls.required_models]
+        files += [("data.dataset" if not cfg.data.datasets else f"data.datasets[{i}].dataset", s.dataset)
+                  for i, s in enumerate(specs)]
+        if cfg.checkpoint.init_from:
+            files.append(("checkpoint.init_from", cfg.checkpoint.init_from))
+        for label, path in files:
             if not path:
                 raise InputError(f"{label} is required (a path).")
             if not Path(path).exists():
@@ -221,10 +270,14 @@ def load_config(path, overrides: dict | None = None, check_files: bool = True) -
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
     base = path.parent
-    for sect, key in (("model", "dit"), ("model", "vae"), ("model", "text_encoder"), ("data", "dataset"),
-                      ("data", "cache_dir"), ("checkpoint", "output_dir")):
+    for sect, key in (("model", "dit"), ("model", "vae"), ("model", "text_encoder"), ("model", "mllm"),
+                      ("data", "dataset"), ("data", "cache_dir"), ("checkpoint", "output_dir"),
+                      ("checkpoint", "init_from")):
         obj = getattr(cfg, sect)
         setattr(obj, key, _resolve(base, getattr(obj, key)))
+    for table in cfg.data.datasets:
+        if isinstance(table, dict) and isinstance(table.get("dataset"), str):
+            table["dataset"] = _resolve(base, table["dataset"])
     cfg.source = str(path)
     try:
         return validate(cfg, check_files)

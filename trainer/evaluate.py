@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .data.cache import collate
+from .data.cache import to_device
 
 
 @torch.no_grad()
@@ -14,7 +14,7 @@ def fixed_loss(method, module, dataset, text_len: int, seed: int = 1234, repeats
     total, n = 0.0, 0
     for r in range(repeats):
         for i in range(len(dataset)):
-            batch = {k: v.to(device) for k, v in collate([dataset[i]], text_len).items()}
+            batch = to_device(method.collate([dataset[i]]), device)
             draws = method.draws(batch, torch.Generator().manual_seed(seed + 7919 * r + i))
             total += float(module(batch, draws))
             n += 1

@@ -1,6 +1,7 @@
 """The training loop: accelerate (CPU, one GPU, DDP; FSDP/DeepSpeed through ``accelerate config``),
-gradient accumulation, AdamW with linear warm-up then constant, metrics, atomic checkpoints, exact resume,
-sample edits.
+gradient accumulation, AdamW with linear warm-up then constant (or Kiwi's ConstantLR), several datasets
+mixed round robin (or by weights), initial weights from a previous stage, metrics, atomic checkpoints,
+exact resume, sample edits.
 
 Exactness of resume: data order is a pure function of (seed, position) (trainer/data/order.py), and the
 noise level and noise of micro-step m of optimiser step s on rank r come from a generator seeded with
@@ -15,20 +16,26 @@ from pathlib import Path
 
 import torch
 
-from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.errors import InputError
 
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, set_rng_states
-from .data.cache import CachedDataset, build_cache, collate
+from .checkpoint import find_checkpoint, load_checkpoint, load_init_state, save_checkpoint, set_rng_states
+from .data.cache import CachedDataset, build_cache, to_device
 from .data.datasets import read_records
-from .data.order import BatchOrder
+from .data.order import BatchOrder, MixedOrder
 from .methods import get_method
 from .metrics import MetricsLog
 
 
-
 def warmup_then_constant(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def lr_lambda(schedule):
+    """The LR multiplier per optimiser step for ``schedule.lr_schedule``."""
+    if schedule.lr_schedule == "kiwi_constant":
+        from comfy_kiwi.training.kiwi_numerics import constant_lr_warmup
+        return constant_lr_warmup            # torch ConstantLR defaults: 1/3 for steps 0..4, then 1
+    return warmup_then_constant(schedule.warmup_steps)
 
 
 def draw_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -51,7 +58,7 @@ def _save_samples(cfg, method, module, dataset, step, vae_loader, device) -> lis
     vae = vae_loader()
     out = []
     for i in range(min(cfg.sampling.count, len(dataset))):
-        batch = {k: v.to(device) for k, v in collate([dataset[i]], cfg.data.text_len).items()}
+        batch = to_device(method.collate([dataset[i]]), device)
         latents = method.sample(module, batch, cfg.sampling.steps, cfg.sampling.shift, cfg.sampling.seed)
         frames = vae_to_frames(vae.decode(latents.float()).cpu())
         path = cfg.output_dir / "samples" / f"step-{step:08d}-item{i}.png"
@@ -65,7 +72,6 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
     """Run (or continue) training. ``stop_after`` ends the run after that many optimiser steps without a final
     checkpoint (tests use it to play a killed run). Returns {"step", "losses", "output_dir"}."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from comfy_kiwi.loading.dit_loader import load_dit
 
     method_cls = get_method(cfg.method.name)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=method_cls.find_unused_parameters)
@@ -74,24 +80,30 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     torch.manual_seed(cfg.schedule.seed)
 
-    records = read_records(cfg.data.dataset, cfg.data.format)
-    vae_loader, text_loader = _loaders(cfg, device)
-    with acc.main_process_first():
-        cache = build_cache(records, cfg, vae_loader, text_loader, log=say)
-    dataset = CachedDataset(cache)
-    order = BatchOrder(dataset.buckets, cfg.schedule.batch_size, world, cfg.schedule.seed)
-
     method = method_cls(cfg)
-    dit = load_dit(cfg.model.dit, dtype=parse_dtype(cfg.model.dtype), device=device,
-                   attention=cfg.model.attention)
-    module = method.build({"dit": dit}).to(device)
+    vae_loader, text_loader = _loaders(cfg, device)
+    datasets, orders = [], []
+    for i, spec in enumerate(cfg.dataset_specs()):
+        records = read_records(spec.dataset, spec.format)
+        with acc.main_process_first():
+            cache = build_cache(records, cfg, vae_loader, text_loader, log=say, method=method, spec=spec)
+        datasets.append(CachedDataset(cache))
+        # each dataset its own seed stream, so adding a dataset does not reorder the others
+        orders.append(BatchOrder(datasets[-1].buckets, cfg.schedule.batch_size, world, cfg.schedule.seed + 7919 * i))
+    order = MixedOrder(orders, cfg.data.mix_weights or None)
+    dataset = datasets[0]
+
+    module = method.place(method.build(method.load_models(cfg, device)), device)
+    if cfg.checkpoint.init_from:
+        method.load_init_state(module, {k: v.to(device) for k, v in load_init_state(cfg.checkpoint.init_from).items()})
+        say(f"initialised trainable weights from {cfg.checkpoint.init_from}")
     params = method.trainable_parameters(module)
     if not params:
         raise InputError(f"method {cfg.method.name} has no trainable parameters.")
     opt = cfg.optimizer
     optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
                                   weight_decay=opt.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant(cfg.schedule.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule))
 
     step, position = 0, 0
     ckpt_path = find_checkpoint(cfg.output_dir, resume)
@@ -112,14 +124,14 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.schedule.max_steps, initial=step, desc="training", dynamic_ncols=True)
 
-    losses, accum, last = [], cfg.schedule.grad_accum, stop_after
+    losses, accum, last = [], cfg.schedule.grad_accum or len(datasets), stop_after
     t0 = time.time()
     while step < cfg.schedule.max_steps:
         total = torch.zeros((), device=device)
         for micro in range(accum):
-            items = [dataset[i] for i in order.batch(position, rank)]
+            d, indices = order.batch(position, rank)
             position += 1
-            batch = {k: v.to(device) for k, v in collate(items, cfg.data.text_len).items()}
+            batch = to_device(method.collate([datasets[d][i] for i in indices]), device)
             draws = method.draws(batch, draw_generator(cfg.schedule.seed, step, micro, rank))
             sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(wrapped)
             with sync, acc.autocast():
@@ -157,8 +169,6 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
         metrics.close()
     acc.wait_for_everyone()
     if step >= cfg.schedule.max_steps and acc.is_main_process:
-        from safetensors.torch import save_file
-        final = {k: v.detach().cpu().contiguous()
-                 for k, v in method.trainable_state_dict(acc.unwrap_model(wrapped)).items()}
-        save_file(final, str(cfg.output_dir / f"{cfg.method.name}.safetensors"))
+        for path in method.save_final(acc.unwrap_model(wrapped), cfg.output_dir):
+            say(f"saved {path}")
     return {"step": step, "losses": losses, "output_dir": cfg.output_dir, "module": acc.unwrap_model(wrapped)}

@@ -4,6 +4,9 @@ Formats (CSV with a header, or JSONL with one object per line; relative paths ar
 
 - ``image_pairs``: ``source_image, edited_image, edited_prompt[, source_prompt]`` (one-frame videos)
 - ``kiwi``: ``src_video, tgt_video, prompt[, ref_image]`` (the Kiwi-Edit CSV; images are 1-frame videos)
+
+Both formats accept two optional columns: ``mask`` (an image or video, white = edited region, e.g. VIVA's
+masked loss) and ``target_caption`` (a caption of the edited result, e.g. RVEDiT's alignment pass).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from comfy_kiwi.errors import InputError
 
 COLUMNS = {
     "image_pairs": {"source": "source_image", "target": "edited_image", "prompt": "edited_prompt",
-                    "source_prompt": "source_prompt"},
-    "kiwi": {"source": "src_video", "target": "tgt_video", "prompt": "prompt", "reference": "ref_image"},
+                    "source_prompt": "source_prompt", "mask": "mask", "target_caption": "target_caption"},
+    "kiwi": {"source": "src_video", "target": "tgt_video", "prompt": "prompt", "reference": "ref_image",
+             "mask": "mask", "target_caption": "target_caption"},
 }
 REQUIRED = ("source", "target", "prompt")
-PATH_FIELDS = ("source", "target", "reference")
+PATH_FIELDS = ("source", "target", "reference", "mask")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
@@ -35,6 +39,8 @@ class Record:
     prompt: str
     source_prompt: str = ""
     reference: str = ""
+    mask: str = ""
+    target_caption: str = ""
 
 
 def _rows(path: Path) -> list[dict]:
@@ -94,6 +100,15 @@ def make_buckets(resolution: int, multiple: int = 16, max_aspect: float = 2.0) -
 
 def nearest_bucket(w: int, h: int, buckets) -> tuple[int, int]:
     return min(buckets, key=lambda b: abs(math.log((b[0] / b[1]) / (w / h))))
+
+
+def item_size(path: str, buckets, max_pixels: int = 0, multiple: int = 16) -> tuple[int, int]:
+    """(W, H) of one item: the nearest bucket, or with ``max_pixels`` the Kiwi loader's own size."""
+    w, h = media_size(path)
+    if max_pixels:
+        from comfy_kiwi.frames import kiwi_target_size
+        return kiwi_target_size(w, h, max_pixels, multiple)
+    return nearest_bucket(w, h, buckets)
 
 
 def media_size(path: str) -> tuple[int, int]:

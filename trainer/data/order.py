@@ -47,3 +47,38 @@ class BatchOrder:
         epoch, i = divmod(position, self.per_epoch)
         batch = self._epoch_batches(epoch)[i]
         return batch[rank * self.batch_size:(rank + 1) * self.batch_size]
+
+
+class MixedOrder:
+    """Several datasets interleaved by :class:`comfy_kiwi.training.kiwi_numerics.MixSchedule`.
+
+    Micro-batch ``position`` p comes from dataset d(p) (round robin in dataset order by default, the
+    released MixDataloader; smooth weighted round robin with ``weights``), and is that dataset's own
+    batch number "picks of d before p" in its :class:`BatchOrder`. Both are pure functions of p, so a
+    resumed run continues exactly; each dataset restarts (a new shuffled epoch) when it runs out.
+    """
+
+    def __init__(self, orders: list[BatchOrder], weights=None):
+        from comfy_kiwi.training.kiwi_numerics import MixSchedule
+        self.orders = list(orders)
+        k = len(self.orders)
+        schedule = MixSchedule([1] * k, weights, epochs=10 ** 15)   # only the dataset sequence is used
+        self.equal = schedule.equal
+        self._picks = iter(schedule)
+        self._seq: list[tuple[int, int]] = []        # (dataset, its own position) per global position
+        self._counts = [0] * k
+
+    def _locate(self, position: int) -> tuple[int, int]:
+        k = len(self.orders)
+        if self.equal:
+            return position % k, position // k
+        while len(self._seq) <= position:
+            d, _ = next(self._picks)
+            self._seq.append((d, self._counts[d]))
+            self._counts[d] += 1
+        return self._seq[position]
+
+    def batch(self, position: int, rank: int = 0) -> tuple[int, list[int]]:
+        """(dataset index, item indices) of micro-batch ``position`` for ``rank``."""
+        d, own = self._locate(position)
+        return d, self.orders[d].batch(own, rank)

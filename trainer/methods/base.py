@@ -8,6 +8,29 @@ subclass here plus a preset TOML in trainer/presets/.
 The loss is computed inside ``TrainModule.forward`` so that accelerate's DDP/FSDP wrapper sees the
 call and synchronises gradients. Random draws (noise level, noise) are made by the loop from a
 generator seeded by (seed, step, micro-step, rank) and passed in, so a resumed run redraws them exactly.
+
+Hooks a method may override (every default keeps the ImVideoEdit behaviour):
+
+- ``required_models``: the ``[model]`` paths that must exist (default dit, vae, text_encoder).
+- ``load_models(cfg, device) -> dict``: the models handed to ``build`` (default: the DiT from model.dit).
+- ``context_encoder``: "umt5" (default) caches umT5 rows of the prompt as ``context``; None means the
+  method caches what it needs itself in ``cache_item`` (e.g. an MLLM context when the MLLM is frozen,
+  or MLLM pixels when it trains).
+- ``encode_target_caption``: also cache ``target_context`` = umT5 rows of the ``target_caption`` column.
+- ``cache_item(record, pixels, size, encoders) -> dict``: extra per-item tensors for the cache;
+  ``pixels`` = {"source", "target"} [1, 3, F, H, W] in [−1, 1] at the item's (W, H) ``size``;
+  ``encoders.get(name, loader)`` loads a model once per cache build ("vae" and "text" are known).
+- ``cache_signature() -> dict`` / ``cache_model_files() -> list``: settings and files that shape the
+  method's cached tensors (they key the cache file).
+- ``collate(items) -> batch``: default pads umT5 contexts to data.text_len, concatenates other tensors on
+  dim 0, keeps strings as lists. A batch always has ``prompt``, ``source_prompt`` and ``target_caption``
+  (lists of str) and ``mask`` [B, 1, f, h, w] when the dataset has a ``mask`` column.
+- ``place(module, device)``: move the built module to the device (block swap keeps blocks in RAM).
+- ``load_init_state(module, state)``: initial weights from ``checkpoint.init_from`` (a previous stage);
+  default = ``load_trainable_state_dict``.
+- ``save_final(module, output_dir) -> list[Path]``: the files of a finished run (default
+  ``<method>.safetensors`` = ``trainable_state_dict``).
+- ``draws(batch, generator)``: the random draws of one micro-step (noise level, noise, …).
 """
 
 from __future__ import annotations
@@ -37,6 +60,9 @@ class TrainingMethod:
     Options = NoOptions
     needs = ("source", "target", "context")    # cached fields a batch must hold
     find_unused_parameters = False             # DDP: set True when some trainable weights may get no gradient
+    required_models = ("dit", "vae", "text_encoder")
+    context_encoder: str | None = "umt5"
+    encode_target_caption = False
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -49,7 +75,42 @@ class TrainingMethod:
             return table
         return build_dataclass(cls.Options, table, "method.options")
 
+    # --- data -------------------------------------------------------------------------------------------
+    def cache_item(self, record, pixels: dict, size: tuple[int, int], encoders) -> dict[str, torch.Tensor]:
+        return {}
+
+    def cache_signature(self) -> dict:
+        return {}
+
+    def cache_model_files(self) -> list[str]:
+        return []
+
+    def collate(self, items: list[dict]) -> dict:
+        from ..data.cache import collate
+        return collate(items, self.cfg.data.text_len)
+
     # --- model ------------------------------------------------------------------------------------------
+    def load_models(self, cfg, device) -> dict:
+        from comfy_kiwi.dtypes import parse_dtype
+        from comfy_kiwi.loading.dit_loader import load_dit
+        return {"dit": load_dit(cfg.model.dit, dtype=parse_dtype(cfg.model.dtype), device=device,
+                                attention=cfg.model.attention)}
+
+    def place(self, module: TrainModule, device) -> TrainModule:
+        return module.to(device)
+
+    def load_init_state(self, module: TrainModule, state: dict[str, torch.Tensor]) -> None:
+        self.load_trainable_state_dict(module, state)
+
+    def save_final(self, module: TrainModule, output_dir) -> list:
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+        path = Path(output_dir) / f"{self.name}.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict(module).items()},
+                  str(path))
+        return [path]
+
     def build(self, models: dict) -> TrainModule:
         """``models`` holds the loaded frozen parts ("dit", and "vae"/"text_encoder" when needed)."""
         raise NotImplementedError
