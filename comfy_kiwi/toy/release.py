@@ -1,0 +1,81 @@
+"""Toy models in the Kiwi-Edit release layout, and loading them as an ``EditPipeline``.
+
+The folder is a normal release folder — ``transformer/`` (diffusers keys), ``source_embedder/``,
+``ref_embedder/``, ``mllm_encoder/`` (legacy Qwen keys + queries/connectors), ``processor/`` — except
+``vae/``, which holds only ``config.json`` naming the toy patch codec (``codec.py``). The project's
+DiT and MLLM loaders read it unchanged; :func:`load_toy_pipeline` adds the codec. The embedded default
+lives in ``comfy_kiwi/toy/default_model/`` (float32, about 3.5 MB).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+from .codec import is_codec_folder, load_codec, write_codec_folder
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+
+def _write_processor(folder: Path, encoder) -> None:
+    from ..testing.tiny_qwen import _preprocessor_configs
+    tok = encoder.processor.tokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(folder)
+    cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg.pop("chat_template", None)
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"     # word-level: no Qwen BPE files
+    cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+    (folder / "chat_template.jinja").write_text(encoder.processor.chat_template)
+    image, video = _preprocessor_configs()
+    (folder / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+    (folder / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
+    qwen_cfg = encoder.model.config.to_dict()
+    (folder / "qwen_config.json").write_text(json.dumps(qwen_cfg, indent=2, default=str))
+
+
+def write_toy_release(root, dit, encoder, train_info: dict | None = None) -> Path:
+    """Write trained toy models (``sigma_add`` source mode: the release's) as a release folder."""
+    from ..testing.tiny_dit import write_kiwi_release
+    from ..testing.tiny_qwen import legacy_qwen_state
+    root = Path(root)
+    if root.exists():
+        shutil.rmtree(root)
+    write_kiwi_release(dit, root, reference_first=False, with_reference=dit.ref_embedder is not None)
+    write_codec_folder(root / "vae")
+    enc_dir = root / "mllm_encoder"
+    enc_dir.mkdir(parents=True, exist_ok=True)
+    save_file(legacy_qwen_state(encoder.model), str(enc_dir / "model.safetensors"), metadata={"format": "pt"})
+    save_file({k: v.detach().contiguous() for k, v in encoder.extras_state_dict().items()},
+              str(enc_dir / "diffusion_pytorch_model.safetensors"))
+    (enc_dir / "config.json").write_text(json.dumps(encoder.config.to_release_json(), indent=2))
+    _write_processor(root / "processor", encoder)
+    if train_info is not None:
+        (root / "training.json").write_text(json.dumps(train_info, indent=2, default=str))
+    return root
+
+
+def is_toy_release(folder) -> bool:
+    folder = Path(folder)
+    return folder.is_dir() and is_codec_folder(folder / "vae")
+
+
+def load_toy_pipeline(folder=None, device="cpu", dtype: torch.dtype = torch.float32):
+    """An ``EditPipeline`` of a toy release folder (default: the embedded default model)."""
+    from ..loading.dit_loader import load_dit
+    from ..mllm.loader import load_mllm_encoder
+    from ..pipeline import EditPipeline
+    folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
+    if not is_toy_release(folder):
+        raise CheckpointError(f"{folder}: not a toy model folder (vae/config.json must name the "
+                              "KiwiToyPatchCodec); expected a folder written by comfy_kiwi.toy.release.")
+    device = torch.device(device)
+    dit = load_dit(folder, dtype=dtype, device=device)
+    encoder = load_mllm_encoder(folder, dtype=dtype, device=device)
+    return EditPipeline(dit, load_codec(folder / "vae", device), encoder, device=device)

@@ -1,0 +1,157 @@
+"""Train the toy Kiwi models on a CPU: the Kiwi-Edit curriculum and numerics at toy size.
+
+Numerics are the project's Kiwi-Edit training functions (``comfy_kiwi.training.kiwi_numerics``):
+timestep ids uniform over the shifted 1000-step schedule, bf16-rounded t and its σ, x_t = (1−σ)x0 + σε,
+target ε − x0, Gaussian loss weights, AdamW (wd 0.01), ConstantLR warm-up; datasets interleaved by
+``MixSchedule`` with gradient accumulation = number of datasets (one micro-batch per dataset per step,
+the release's round robin; weights give the paper's ratios).
+
+The curriculum keeps Kiwi's data stages — 1) image pairs, 2) image + video 1:1, 3) image + video +
+reference 2:1:1 — with one deviation the toy needs: nothing here is pretrained, so the DiT and the
+whole small language model train from stage 1 on (Kiwi freezes a pretrained DiT in stage 1 and trains
+a LoRA on a pretrained Qwen). The learning rate decays linearly over the last ``decay`` share of steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..errors import InputError
+from ..training.kiwi_numerics import (MixSchedule, constant_lr_warmup, kiwi_loss, noisy_and_target,
+                                      sample_timestep_ids, timestep_and_sigma, weight_for_timestep)
+from .codec import Z_DIM
+from .data import DATASETS, dataset_examples, encode_contexts, prepare_samples, stack
+from .models import ToyModelConfig, build_toy_dit, build_toy_mllm
+from .source_modes import check_source_mode, dit_in_dim, dit_velocity
+
+KIWI_STAGES = ((("image",), None), (("image", "video"), (1, 1)), (("image", "video", "reference"), (2, 1, 1)))
+
+
+@dataclass
+class ToyTrainConfig:
+    steps: int = 1500                   # optimizer steps over all stages
+    stage_shares: tuple = (0.15, 0.35, 0.5)
+    batch: int = 8                      # samples per micro-batch
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    decay: float = 0.3                  # share of the last steps over which the lr falls linearly to 5 %
+    source_mode: str = "sigma_add"
+    datasets: tuple = ("image", "video", "reference")   # drop "image" for the no-co-training ablation
+    pool: int = 400                     # training examples per dataset (seed split "train")
+    shift: float = 5.0
+    seed: int = 0
+    threads: int = 2
+    model: ToyModelConfig = field(default_factory=ToyModelConfig)
+
+    def __post_init__(self):
+        check_source_mode(self.source_mode)
+        unknown = [d for d in self.datasets if d not in DATASETS]
+        if unknown or not self.datasets:
+            raise InputError(f"toy training datasets must be a non-empty subset of {list(DATASETS)}, got "
+                             f"{list(self.datasets)}.")
+        if len(self.stage_shares) != 3 or abs(sum(self.stage_shares) - 1) > 1e-6:
+            raise InputError(f"stage_shares needs three shares summing to 1, got {self.stage_shares}.")
+
+    def stages(self) -> list[tuple[tuple[str, ...], tuple | None, int]]:
+        """(datasets, weights, optimizer steps) per stage, restricted to ``datasets``; stages left
+        without data give their steps to the next stage."""
+        out, carry = [], 0
+        for (names, weights), share in zip(KIWI_STAGES, self.stage_shares):
+            keep = [i for i, n in enumerate(names) if n in self.datasets]
+            steps = int(round(share * self.steps)) + carry
+            if not keep:
+                carry = steps
+                continue
+            carry = 0
+            w = None if weights is None else tuple(weights[i] for i in keep)
+            out.append((tuple(names[i] for i in keep), w, steps))
+        if carry:       # datasets only of earlier stages (e.g. image only): they take the rest
+            names, w, steps = out[-1]
+            out[-1] = (names, w, steps + carry)
+        return out
+
+
+@dataclass
+class ToyModels:
+    dit: torch.nn.Module
+    encoder: torch.nn.Module
+    source_mode: str = "sigma_add"
+
+
+def build_models(cfg: ToyTrainConfig) -> ToyModels:
+    dit = build_toy_dit(cfg.model, cfg.seed, in_dim=dit_in_dim(cfg.source_mode, Z_DIM))
+    return ToyModels(dit, build_toy_mllm(cfg.model, cfg.seed), cfg.source_mode)
+
+
+def _lr_factor(step: int, total: int, decay: float) -> float:
+    start = int(total * (1 - decay))
+    tail = 1.0 if step < start or total <= start else 1.0 - 0.95 * (step - start) / (total - start)
+    return constant_lr_warmup(step) * tail
+
+
+def training_loss(models: ToyModels, samples, generator: torch.Generator, shift: float) -> torch.Tensor:
+    """Kiwi flow-matching loss of one micro-batch (samples of one dataset)."""
+    x0 = stack(samples, "target")
+    ids = sample_timestep_ids(x0.shape[0], generator)
+    t, sigma = timestep_and_sigma(ids, shift)
+    noise = torch.randn(x0.shape, generator=generator)
+    x_t, target = noisy_and_target(x0, noise, sigma)
+    ctx = encode_contexts(models.encoder, samples)
+    pred = dit_velocity(models.dit, x_t, t, sigma, ctx, stack(samples, "source"), stack(samples, "reference"),
+                        models.source_mode)
+    return kiwi_loss(pred, target, weight_for_timestep(t, shift))
+
+
+def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, models: ToyModels | None = None):
+    """Train toy models; returns (models, history). ``on_eval(step, models)`` runs every ``eval_every``
+    optimizer steps and after the last (its return values are kept in the history)."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    models = models or build_models(cfg)
+    dit, enc = models.dit, models.encoder
+    dit.train()
+    enc.train()
+    enc.model.requires_grad_(True)       # no pretrained language model to keep: train it whole
+    params = [p for p in list(dit.parameters()) + list(enc.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pools = {name: prepare_samples(dataset_examples(name, "train", cfg.pool), enc) for name in cfg.datasets}
+    g = torch.Generator().manual_seed(cfg.seed)
+    history, step, t0 = [], 0, time.time()
+    if on_eval is not None and eval_every:
+        history.append({"step": 0, "seconds": 0.0, "eval": on_eval(0, models)})
+    for names, weights, stage_steps in cfg.stages():
+        mix = MixSchedule([cfg.pool * 1000] * len(names), weights)
+        picks = iter(mix)
+        for _ in range(stage_steps):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(step, cfg.steps, cfg.decay)
+            opt.zero_grad(set_to_none=True)
+            losses = {}
+            for _ in range(mix.grad_accumulation):
+                d, _item = next(picks)
+                pool = pools[names[d]]
+                idx = torch.randint(len(pool), (cfg.batch,), generator=g).tolist()
+                loss = training_loss(models, [pool[i] for i in idx], g, cfg.shift)
+                (loss / mix.grad_accumulation).backward()
+                losses[names[d]] = float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            if step % 50 == 0 or step == 1:
+                log(f"step {step}/{cfg.steps} stage {'+'.join(names)} loss "
+                    + " ".join(f"{k} {v:.4f}" for k, v in losses.items()) + f" ({time.time() - t0:.0f}s)")
+            if on_eval is not None and eval_every and (step % eval_every == 0 or step == cfg.steps):
+                history.append({"step": step, "seconds": time.time() - t0, "eval": on_eval(step, models)})
+    dit.eval()
+    enc.eval()
+    enc.model.requires_grad_(False)
+    return models, {"config": _config_dict(cfg), "seconds": time.time() - t0, "history": history}
+
+
+def _config_dict(cfg: ToyTrainConfig) -> dict:
+    d = asdict(cfg)
+    d["stages"] = [{"datasets": list(n), "weights": w, "steps": s} for n, w, s in cfg.stages()]
+    return d
