@@ -81,6 +81,7 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
     torch.manual_seed(cfg.schedule.seed)
 
     method = method_cls(cfg)
+    method.device = device                   # where cache_item's encoders run
     vae_loader, text_loader = _loaders(cfg, device)
     datasets, orders = [], []
     for i, spec in enumerate(cfg.dataset_specs()):
