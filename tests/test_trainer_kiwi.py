@@ -40,7 +40,7 @@ def preset_cfg(tiny, preset, name=None, **overrides):
     root, models, data = tiny
     opts = {"optimizer": {"lr": 2e-3}, "schedule": {"grad_accum": 0}}     # one micro-step per dataset
     if preset == "kiwi-lora-5b-480p":
-        opts["method"] = {"options": {"block_swap": 1}}          # the tiny DiT has 2 blocks
+        opts["method"] = {"options": {"dit_storage": "fp8", "block_swap": 1}}   # the tiny DiT has 2 blocks
     opts.update(overrides)
     return load_config(tiny_preset(preset, root / (name or preset), models, data, **opts))
 

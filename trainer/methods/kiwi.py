@@ -211,7 +211,7 @@ class KiwiMethod(TrainingMethod):
                 for k, v in parts["dit"].items():
                     own[k].copy_(v.to(own[k].dtype))
         mllm = self.load_mllm(device, dit.config.dim, trainable=True) if self.mllm_trains else None
-        vae = load_vae(cfg.model.vae, dtype=torch.float32, device=device) if reference else None
+        vae = load_vae(cfg.model.vae, dtype=parse_dtype(cfg.model.dtype), device=device) if reference else None
         return {"dit": dit, "mllm": mllm, "vae": vae}
 
     def build(self, models: dict) -> KiwiModule:

@@ -1,0 +1,94 @@
+"""``python -m trainer export``: a trained Kiwi run becomes a release folder that ``python -m comfy_kiwi edit``
+and the release loader read (with the trained weights), a Kiwi training checkpoint, or a ComfyUI LoRA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfy_kiwi.testing.tiny_release import tiny_video_frames
+from trainer.__main__ import main as trainer_main
+from trainer.config import load_config
+from trainer.loop import train
+from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    return root, write_kiwi_models(root / "models"), write_kiwi_data(root / "data", count=2)
+
+
+def run(tiny, preset, name, **overrides):
+    root, models, data = tiny
+    toml = tiny_preset(preset, root / name, models, data, optimizer={"lr": 2e-3},
+                       schedule={"max_steps": 2, "grad_accum": 0}, checkpoint={"every": 1}, **overrides)
+    cfg = load_config(toml)
+    return toml, cfg, train(cfg, log=lambda *a: None)["module"]
+
+
+def test_release_export_edits_with_the_trained_weights(tiny, tmp_path):
+    from comfy_kiwi.cli import main as kiwi_main
+    from comfy_kiwi.frames import tensor_to_pil
+    from comfy_kiwi.mllm.lora import merge_lora
+    from comfy_kiwi.pipeline import EditPipeline
+    toml, cfg, module = run(tiny, "kiwi-stage3", "stage3")
+    out = tmp_path / "release"
+    assert trainer_main(["export", "--config", str(toml), "--to", "release", "--out", str(out),
+                         "--weights", str(cfg.output_dir / "kiwi.safetensors")]) == 0
+
+    pipe = EditPipeline.from_pretrained(out, dtype=torch.float32, device="cpu")
+    for k, v in module.dit.state_dict().items():
+        assert torch.equal(pipe.dit.state_dict()[k], v), k
+    assert pipe.dit.reference_first is False and pipe.dit.ref_embedder is not None
+    frames = tiny_video_frames(5, 64, 64)
+    merge_lora(module.mllm)
+    module.mllm.eval()
+    with torch.no_grad():
+        ours = module.mllm.encode("Turn the square red.", frames)
+        theirs = pipe.mllm.encode("Turn the square red.", frames)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+
+    image = tmp_path / "src.png"
+    tensor_to_pil(frames[0]).save(image)
+    assert kiwi_main(["edit", "--model", str(out), "--video", str(image), "--instruction", "Turn the square red.",
+                      "--out", str(tmp_path / "edited.png"), "--steps", "2", "--device", "cpu"]) == 0
+    assert (tmp_path / "edited.png").is_file()
+
+    # a mid-run checkpoint exported under the Kiwi training-checkpoint names = the final file's tensors
+    kiwi = tmp_path / "step2.safetensors"
+    assert trainer_main(["export", "--config", str(toml), "--to", "kiwi", "--out", str(kiwi)]) == 0
+    final, exported = load_file(str(cfg.output_dir / "kiwi.safetensors")), load_file(str(kiwi))
+    assert set(final) == set(exported) and all(torch.equal(final[k], exported[k]) for k in final)
+
+
+def test_lora_run_exports_comfyui_lora_and_merged_release(tiny, tmp_path):
+    from comfy_kiwi.loading.dit_loader import load_dit
+    from comfy_kiwi.models.dit_lora import DiTHandle, load_dit_lora
+    toml, cfg, module = run(tiny, "kiwi-lora-5b-480p", "lora")
+    lora_file = tmp_path / "lora.safetensors"
+    assert trainer_main(["export", "--config", str(toml), "--to", "comfyui-lora", "--out", str(lora_file)]) == 0
+    assert set(load_file(str(lora_file))) == set(load_file(str(cfg.output_dir / "kiwi-dit-lora.safetensors")))
+    out = tmp_path / "merged"
+    assert trainer_main(["export", "--config", str(toml), "--to", "release", "--out", str(out)]) == 0
+    merged = load_dit(out, dtype=torch.float32)
+    base = load_dit(cfg.model.dit, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 48, 2, 4, 4, generator=g)
+    ctx = torch.randn(1, 5, merged.config.dim, generator=g)
+    src = torch.randn(1, 48, 2, 4, 4, generator=g)
+    with torch.no_grad():
+        expect = merged(x, torch.tensor([500.0]), ctx, source_latents=src)
+        with DiTHandle(base).with_lora(load_dit_lora(lora_file), 1.0).applied():
+            got = base(x, torch.tensor([500.0]), ctx, source_latents=src)
+    assert torch.allclose(got, expect, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(merged.blocks[0].self_attn.q.weight, base.blocks[0].self_attn.q.weight)
