@@ -92,3 +92,35 @@ def test_lora_run_exports_comfyui_lora_and_merged_release(tiny, tmp_path):
             got = base(x, torch.tensor([500.0]), ctx, source_latents=src)
     assert torch.allclose(got, expect, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(merged.blocks[0].self_attn.q.weight, base.blocks[0].self_attn.q.weight)
+
+
+def test_outputs_load_in_the_nodes(tiny, tmp_path):
+    """A stage-3 kiwi.safetensors in models/diffusion_models/ loads in the DiT loader and (with the Qwen base
+    folder) in the MLLM loader; the LoRA run's kiwi-dit-lora.safetensors in models/loras/ in the LoRA loader."""
+    import shutil
+    from pathlib import Path
+
+    import comfy_harness as H
+    models = H.setup_environment(tmp_path / "comfy")
+    pack = H.load_pack(Path(__file__).resolve().parents[1])
+    _, cfg, module = run(tiny, "kiwi-stage3", "nodes-stage3")
+    _, lora_cfg, _ = run(tiny, "kiwi-lora-5b-480p", "nodes-lora")
+    ckpt = models.models_dir / "diffusion_models" / "kiwi_trained_stage3.safetensors"
+    lora = models.models_dir / "loras" / "kiwi_trained_lora.safetensors"
+    shutil.copy2(cfg.output_dir / "kiwi.safetensors", ckpt)
+    shutil.copy2(lora_cfg.output_dir / "kiwi-dit-lora.safetensors", lora)
+    try:
+        nodes = pack.NODE_CLASS_MAPPINGS
+        assert nodes["KiwiDiTLoader"].VALIDATE_INPUTS(ckpt.name) is True
+        (dit,) = nodes["KiwiDiTLoader"]().load(ckpt.name, "auto", "auto", "auto")
+        for k, v in module.dit.state_dict().items():
+            assert torch.equal(dit.model.state_dict()[k].float(), v.float()), k
+        (mllm,) = nodes["KiwiMLLMLoader"]().load("qwen2.5-vl-tiny", ckpt.name, "auto", "auto")
+        assert mllm.source_info["kind"] == "qwen-base+kiwi-checkpoint"
+        assert torch.equal(mllm.ref_queries.float(), module.mllm.ref_queries.detach().float())
+        assert nodes["KiwiLoraLoader"].VALIDATE_INPUTS(lora.name) is True
+        (with_lora,) = nodes["KiwiLoraLoader"]().apply(dit, lora.name, 1.0)
+        assert len(with_lora.loras) == 1 and len(with_lora.loras[0][0].layers) == 10 * len(dit.model.blocks)
+    finally:
+        ckpt.unlink(missing_ok=True)
+        lora.unlink(missing_ok=True)
