@@ -139,3 +139,18 @@ def test_kiwi_resume_is_exact(tiny):
     first = train(part, stop_after=2, log=lambda *a: None)["losses"]      # killed after step 2's checkpoint
     rest = train(part, resume="auto", log=lambda *a: None)["losses"]
     assert first + rest == pytest.approx(full, rel=1e-5, abs=1e-7)
+
+
+def test_bf16_models_keep_trainable_mllm_parts_in_fp32_and_sample(tiny):
+    """A bf16 Qwen/DiT (as on a GPU) trains its queries, connector and LoRA in fp32 master weights (a 1e-5
+    update would vanish in bf16 rounding); samples are written during training."""
+    cfg = preset_cfg(tiny, "kiwi-stage1", "bf16", model={"dtype": "bf16"}, schedule={"max_steps": 2},
+                     sampling={"every": 2, "count": 1, "steps": 2})
+    result = train(cfg, log=lambda *a: None)
+    module = result["module"]
+    assert module.mllm.image_queries.dtype == torch.float32 and module.mllm.connector[0].weight.dtype == torch.float32
+    lora = [p for n, p in module.mllm.named_parameters() if ".lora_A." in n]
+    assert lora and all(p.dtype == torch.float32 for p in lora)
+    assert module.mllm.model.model.language_model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert all(math.isfinite(x) for x in result["losses"])
+    assert (cfg.output_dir / "samples" / "step-00000002-item0.png").is_file()

@@ -270,11 +270,13 @@ class MLLMEncoder(nn.Module):
         hidden = self.hidden_states(input_ids, vision, image_embeds, video_embeds, queries)
         n = queries.shape[0]
         # The released slice: the last N positions (queries 3..N + "<|im_end|>" + "\n").
-        context = self.connector(hidden[:, -n:])
+        # connectors may be kept in fp32 while training a bf16 Qwen (their weights' dtype decides)
+        context = self.connector(hidden[:, -n:].to(self.connector[0].weight.dtype))
         if mode == "reference":
             start, end = reference_token_span(input_ids[0], self.processor.vision_start_id,
                                               self.processor.vision_end_id)
-            context = torch.cat([self.ref_connector(hidden[:, start:end]), context], dim=1)
+            ref = self.ref_connector(hidden[:, start:end].to(self.ref_connector[0].weight.dtype))
+            context = torch.cat([ref, context.to(ref.dtype)], dim=1)
         return context
 
 

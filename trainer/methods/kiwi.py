@@ -229,12 +229,18 @@ class KiwiMethod(TrainingMethod):
                                      dtype=parse_dtype(self.cfg.precision.adapter_dtype), seed=self.cfg.schedule.seed)
         module = KiwiModule(dit, mllm, adapter, models.get("vae"), o.source_input)
         groups = module.named_groups()
+        master = parse_dtype(self.cfg.precision.adapter_dtype)
         for g in self.trainable:
             if not groups[g]:
                 raise InputError(f"method.options.trainable names {g!r}, but this model has no such weights "
                                  f"(e.g. ref_queries with the instructx preset, or no {g} attached).")
-            for _, p in groups[g]:
-                p.requires_grad_(True)
+            for name, p in groups[g]:
+                # text_embedding is unused on the MLLM path (no gradient ever): kept, saved, not optimised
+                p.requires_grad_(not name.startswith("dit.text_embedding."))
+                if g in MLLM_GROUPS:
+                    # a bf16 Qwen's trainable extras would lose 1e-5 updates to bf16 rounding: keep them in
+                    # precision.adapter_dtype (fp32), like a mixed-precision master copy
+                    p.data = p.data.to(master)
         dit.gradient_checkpointing = self.cfg.precision.gradient_checkpointing
         dit.train(self.cfg.precision.gradient_checkpointing)   # the flag acts in training mode; no dropout
         if mllm is not None:
