@@ -109,3 +109,24 @@ def test_mix_weights_must_match_the_datasets(setup):
     bad.write_text(text)
     with pytest.raises(InputError, match="data.mix_weights must hold one positive number per dataset"):
         load_config(bad)
+
+
+def test_pairs_csv_from_folders_of_clips(tmp_path):
+    from trainer.data.__main__ import main
+    for d in ("src", "tgt", "refs"):
+        (tmp_path / d).mkdir()
+    for name in ("a", "b", "c"):
+        shape_image((200, 30, 30), "square").save(tmp_path / "src" / f"{name}.png")
+        shape_image((30, 30, 200), "square").save(tmp_path / "refs" / f"{name}.png")
+    for name in ("a", "b"):
+        shape_image((30, 30, 200), "square").save(tmp_path / "tgt" / f"{name}.png")
+    (tmp_path / "tgt" / "a.txt").write_text("Make the square  blue.\n")
+    out = tmp_path / "data" / "pairs.csv"
+    assert main(["pairs-csv", "--source-dir", str(tmp_path / "src"), "--target-dir", str(tmp_path / "tgt"),
+                 "--out", str(out), "--prompt", "Recolour it.", "--reference-dir", str(tmp_path / "refs")]) == 0
+    records = read_records(out, "kiwi")
+    assert [r.prompt for r in records] == ["Make the square blue.", "Recolour it."]      # c has no edited clip
+    assert records[0].reference.endswith("refs/a.png") and records[1].target.endswith("tgt/b.png")
+    assert out.read_text().splitlines()[1].startswith("../src/a.png,../tgt/a.png,")
+    assert main(["pairs-csv", "--source-dir", str(tmp_path / "src"), "--target-dir", str(tmp_path / "refs" / "x"),
+                 "--out", str(out)]) == 2
