@@ -75,6 +75,18 @@ def test_mask_and_target_caption_columns_reach_the_batch(setup):
     assert batch["target_caption"] == ["caption 0", "caption 1"] and batch["mask"].shape[0] == 2
     assert batch["prompt"][1].startswith("a ") and batch["context"].shape[1] == cfg.data.text_len
 
+    # a method asking for the umT5 encoding of the target caption gets it as target_context
+    from trainer.methods.imvideoedit import ImVideoEditMethod
+
+    class CaptionMethod(ImVideoEditMethod):
+        encode_target_caption = True
+    method = CaptionMethod(cfg)
+    with_caption = CachedDataset(build_cache(records, cfg, *_loaders(cfg, "cpu"), log=lambda *a: None, method=method))
+    assert with_caption.path != ds.path
+    batch = method.collate([with_caption[0], with_caption[1]])
+    assert batch["target_context"].shape == batch["context"].shape
+    assert not torch.equal(batch["target_context"], batch["context"])
+
 
 def test_two_datasets_accumulate_one_micro_step_each_with_kiwi_lr(setup):
     root, _ = setup

@@ -194,8 +194,10 @@ class KiwiMethod(TrainingMethod):
         from comfy_kiwi.loading.dit_loader import load_dit
         from comfy_kiwi.loading.vae_loader import load_vae
         o = self.options
-        dit = load_dit(cfg.model.dit, dtype=parse_dtype(cfg.model.dtype), device=device,
-                       attention=cfg.model.attention)
+        # with block swap the DiT is read into CPU RAM (fp8 quantisation happens there too); place() then
+        # brings only the resident parts to the device, so the whole model never has to fit on it
+        dit = load_dit(cfg.model.dit, dtype=parse_dtype(cfg.model.dtype),
+                       device="cpu" if o.block_swap else device, attention=cfg.model.attention)
         dit.context_embedding = "none"           # the MLLM context is DiT-wide; text_embedding is unused
         reference = self._has_reference()
         dit.attach_condition_embedders(source=o.source_input or "source_embedder" in self.trainable,
