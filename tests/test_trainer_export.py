@@ -11,21 +11,15 @@ from comfy_kiwi.testing.tiny_release import tiny_video_frames
 from trainer.__main__ import main as trainer_main
 from trainer.config import load_config
 from trainer.loop import train
-from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models, one_thread  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     return root, write_kiwi_models(root / "models"), write_kiwi_data(root / "data", count=2)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(tiny, preset, name, **overrides):

@@ -15,25 +15,18 @@ from trainer.evaluate import fixed_loss
 from trainer.loop import _loaders, train
 from trainer.methods import get_method
 from trainer.methods.kiwi_module import group_of
-from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models
+from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models, one_thread  # noqa: F401 (fixture)
 
 PRESETS = ["kiwi-stage1", "kiwi-stage2", "kiwi-stage3", "kiwi-stage3-2-1-1", "instructx-align", "instructx-full",
            "instructx-quality", "kiwi-lora-5b-480p"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up and contention with other processes cost more than the math."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("kiwi")
     return root, write_kiwi_models(root / "models"), write_kiwi_data(root / "data", count=2)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def preset_cfg(tiny, preset, name=None, **overrides):

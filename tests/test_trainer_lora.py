@@ -15,7 +15,10 @@ from comfy_kiwi.testing.tiny_dit import random_inputs
 from comfy_kiwi.testing.tiny_release import tiny_kiwi_dit
 from comfy_kiwi.training.block_swap_training import TrainingBlockSwap
 from comfy_kiwi.training.dit_lora_train import DEFAULT_TARGETS, DiTLoraAdapter
+from trainer_fixtures import one_thread  # noqa: F401 (fixture)
 from trainer.memory import estimate_kiwi_lora, format_kiwi_lora, lora_params
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_adapter(dit, rank=4, alpha=8.0, seed=0):

@@ -16,7 +16,9 @@ from trainer.data.cache import CachedDataset, build_cache, collate
 from trainer.data.datasets import read_records
 from trainer.data.order import BatchOrder, MixedOrder
 from trainer.loop import _loaders, train
-from trainer_fixtures import shape_image, tiny_setup
+from trainer_fixtures import shape_image, tiny_setup, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mixed_order_round_robin_and_weights_are_pure_functions_of_position():
@@ -116,7 +118,7 @@ def test_two_datasets_accumulate_one_micro_step_each_with_kiwi_lr(setup):
 
 def test_mix_weights_must_match_the_datasets(setup):
     root, toml = setup
-    text = toml.read_text().replace("[data]\n", f'[data]\nmix_weights = [2, 1]\n', 1)
+    text = toml.read_text().replace("[data]\n", '[data]\nmix_weights = [2, 1]\n', 1)
     bad = toml.with_name("bad.toml")
     bad.write_text(text)
     with pytest.raises(InputError, match="data.mix_weights must hold one positive number per dataset"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageDraw
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
@@ -83,8 +84,8 @@ def tiny_setup(folder: Path, count: int = 8, **sections) -> Path:
 def _moving_frames(colour, shape: str, frames: int = 5, size=(64, 64)):
     import numpy as np
     import torch
-    return torch.from_numpy(np.stack([np.asarray(shape_image(colour, shape, size, offset=2 * f)) for f in range(frames)])
-                            ).float() / 255.0
+    frames = [np.asarray(shape_image(colour, shape, size, offset=2 * f)) for f in range(frames)]
+    return torch.from_numpy(np.stack(frames)).float() / 255.0
 
 
 def write_kiwi_data(folder: Path, count: int = 4) -> dict:
@@ -190,3 +191,14 @@ def tiny_preset(preset: str, folder: Path, models: dict, data: dict, **overrides
                 target[k] = v
     folder.mkdir(parents=True, exist_ok=True)
     return write_toml(table, folder / f"{preset}.toml")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: thread start-up and contention with other processes cost more than the math.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")`` after importing it."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
