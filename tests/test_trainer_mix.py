@@ -144,3 +144,11 @@ def test_pairs_csv_from_folders_of_clips(tmp_path):
     assert out.read_text().splitlines()[1].startswith("../src/a.png,../tgt/a.png,")
     assert main(["pairs-csv", "--source-dir", str(tmp_path / "src"), "--target-dir", str(tmp_path / "refs" / "x"),
                  "--out", str(out)]) == 2
+
+
+def test_short_clips_keep_their_largest_4k_plus_1_prefix(tmp_path):
+    from comfy_kiwi.video_io import write_video
+    from trainer.data.datasets import load_pixels
+    write_video(tmp_path / "seven.mp4", torch.rand(7, 32, 32, 3), fps=8)
+    assert load_pixels(str(tmp_path / "seven.mp4"), (32, 32), frames=9).shape[2] == 5
+    assert load_pixels(str(tmp_path / "seven.mp4"), (32, 32), frames=5).shape[2] == 5

@@ -203,6 +203,8 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
     _choice(cfg.data.format, DATA_FORMATS, "data.format")
     _choice(cfg.schedule.lr_schedule, LR_SCHEDULES, "schedule.lr_schedule")
+    from comfy_kiwi.mllm.config import PRESETS as MLLM_PRESETS
+    _choice(cfg.model.mllm_preset, tuple(MLLM_PRESETS), "model.mllm_preset")
     for label, v, zero_ok in (("schedule.max_steps", cfg.schedule.max_steps, False),
                               ("schedule.batch_size", cfg.schedule.batch_size, False),
                               ("schedule.grad_accum", cfg.schedule.grad_accum, True),

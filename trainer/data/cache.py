@@ -12,7 +12,7 @@ One safetensors file per dataset holds, for item N:
 - ``mask.N``: the ``mask`` column on the latent grid [1, 1, f, h, w] in 0..1 (when the dataset has the column);
 - any tensor the method's ``cache_item`` returns (e.g. MLLM pixels, or an MLLM context of a frozen MLLM).
 
-The metadata records each item's bucket (batches stay within one size), the tensor field names and the
+The metadata records each item's bucket (W, H, frames: batches stay within one size and length), the tensor field names and the
 item's strings (``prompt``, ``source_prompt``, ``target_caption``), which reach the batch as lists.
 """
 
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from comfy_kiwi.errors import InputError
 
 from .datasets import Record, item_size, load_pixels, make_buckets
 
@@ -128,6 +130,11 @@ def build_cache(records: list[Record], cfg, vae_loader, text_loader, log=print, 
         pixels = {}
         for name, file in (("source", r.source), ("target", r.target)):
             pixels[name] = load_pixels(file, size, spec.frames)
+        if pixels["source"].shape != pixels["target"].shape:
+            raise InputError(f"{spec.dataset} item {i + 1}: source {r.source} gives {pixels['source'].shape[2]} "
+                             f"frame(s), target {r.target} {pixels['target'].shape[2]}; a pair needs the same count "
+                             f"(up to {spec.frames}, a shorter clip keeps its largest 4k+1 prefix).")
+        for name in ("source", "target"):
             tensors[f"{name}.{i}"] = vae.encode(pixels[name].to(vae.device, vae.dtype)).float().cpu().contiguous()
         for name, rows in contexts.items():
             tensors[f"{name}.{i}"] = rows[i].contiguous()
@@ -138,7 +145,7 @@ def build_cache(records: list[Record], cfg, vae_loader, text_loader, log=print, 
         if method is not None:
             for name, value in method.cache_item(r, pixels, size, encoders).items():
                 tensors[f"{name}.{i}"] = value.detach().cpu().contiguous()
-        sizes.append(list(size))
+        sizes.append([*size, pixels["target"].shape[2]])      # a batch shares size and frame count
         strings.append({k: getattr(r, k) for k in STRING_FIELDS})
     fields = sorted({k.rsplit(".", 1)[0] for k in tensors})
     path.parent.mkdir(parents=True, exist_ok=True)

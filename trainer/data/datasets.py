@@ -123,7 +123,8 @@ def media_size(path: str) -> tuple[int, int]:
 
 
 def load_pixels(path: str, size: tuple[int, int], frames: int = 1) -> torch.Tensor:
-    """An image (1 frame) or the first ``frames`` frames of a video, cover-cropped → [1, 3, F, H, W] in [−1, 1]."""
+    """An image (1 frame) or the first ``frames`` frames of a video (a shorter video: its largest 4k+1 prefix),
+    cover-cropped → [1, 3, F, H, W] in [−1, 1]."""
     from comfy_kiwi.frames import frames_to_vae, load_image, resize_cover_crop
     if Path(path).suffix.lower() in IMAGE_SUFFIXES:
         video = load_image(path)
@@ -132,5 +133,6 @@ def load_pixels(path: str, size: tuple[int, int], frames: int = 1) -> torch.Tens
         video = read_video(path, max_frames=frames)
         video = video[0] if isinstance(video, tuple) else video
         if video.shape[0] < frames:
-            raise InputError(f"{path} has {video.shape[0]} frames; data.frames asks for {frames}.")
+            # as the Kiwi loader: a shorter clip keeps its largest 4k+1 prefix
+            video = video[:(video.shape[0] - 1) // 4 * 4 + 1]
     return frames_to_vae(resize_cover_crop(video, size[0], size[1]))
