@@ -47,6 +47,14 @@ class EditConditioning:
 
     context: torch.Tensor                    # [1, L, dim]
     negative: torch.Tensor | None = None     # [1, L', dim] — empty instruction, same visual inputs
+    # VIVA: ``context``/``negative`` are the VLM instructor's hidden states [1, L, C_in]; the sampler
+    # refines them at every step with the step's timestep (``refiner.refine(hidden, t, mask)``).
+    refiner: torch.nn.Module | None = None
+    context_mask: torch.Tensor | None = None     # [1, L] real-token mask of ``context`` (refiner path)
+    negative_mask: torch.Tensor | None = None    # [1, L'] of ``negative``
+    # RVEDiT: granularity routing (``methods.rvedit_streams.RoutedStreams``): blocks < split see the
+    # context (X_e) only, deeper ones [X_e; X_v; X_ℓ].
+    routing: object | None = None
 
 
 @dataclass
@@ -100,6 +108,8 @@ def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, setting
     x = start_latents(noise, float(sigmas[0]), None if init_latents is None else init_latents.to(device, dtype))
 
     use_cfg = settings.cfg != 1.0
+    if cond.refiner is not None:
+        return _sample_refined(dit, cond, source, settings, x, sigmas, device, dtype)
     if use_cfg and cond.negative is None:
         raise InputError("cfg is not 1.0 but the conditioning has no negative (empty-instruction) "
                          "encoding; encode with cfg enabled or set cfg to 1.0.")
@@ -128,7 +138,47 @@ def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, setting
 
     from .memory import block_swap, kv_cache
     swap = block_swap(dit, settings.block_swap, compute_device=device) if settings.block_swap else nullcontext()
-    with swap, kv_cache(dit, enabled=settings.kv_cache):
+    # RVEDiT routing: each block's context is fixed for the whole run, so the K/V cache stays exact
+    routed = cond.routing.routed(dit, ctx) if cond.routing is not None else nullcontext()
+    with swap, routed, kv_cache(dit, enabled=settings.kv_cache):
+        return sample_euler(velocity, x, sigmas, progress=settings.progress)
+
+
+def _sample_refined(dit, cond: EditConditioning, source: SourceConditioning, settings: EditSettings,
+                    x: torch.Tensor, sigmas: torch.Tensor, device, dtype) -> torch.Tensor:
+    """VIVA's sampler path: the token refiner turns the instructor's hidden states into the DiT context
+    at every step (it depends on t), so the cross-attention K/V change per step and the K/V cache is
+    not used. CFG (VIVA: 2.0) guides the instruction only: the negative is the empty instruction with the
+    same frame and reference; positive and negative run as two DiT calls (their lengths may differ)."""
+    use_cfg = settings.cfg != 1.0
+    if use_cfg and cond.negative is None:
+        raise InputError("cfg is not 1.0 but the VIVA conditioning has no negative (empty-instruction) encoding; "
+                         "encode with cfg enabled or set cfg to 1.0.")
+    if cond.routing is not None:
+        raise InputError("VIVA (refined context) and RVEDiT routing cannot be combined in one sampler run.")
+    refiner = cond.refiner
+    r_dtype = next(refiner.parameters()).dtype
+    hidden = cond.context.to(device, r_dtype)
+    neg = cond.negative.to(device, r_dtype) if use_cfg else None
+    src = None if source.source_latents is None else source.source_latents.to(device, dtype)
+    ref = None if source.reference_latents is None else source.reference_latents.to(device, dtype)
+
+    def call(h, mask, xb, t, sigma):
+        ctx = refiner.refine(h, t.to(r_dtype), None if mask is None else mask.to(device)).to(dtype)
+        return dit(xb, t, ctx, source_latents=src, source_scale=sigma, reference_latents=ref,
+                   reference_first=source.reference_first)
+
+    def velocity(x: torch.Tensor, sigma: float, i: int) -> torch.Tensor:
+        t = torch.full((x.shape[0],), 1000.0 * sigma, device=device).to(dtype)
+        v = call(hidden, cond.context_mask, x, t, sigma)
+        if use_cfg:
+            v_neg = call(neg, cond.negative_mask, x, t, sigma)
+            return v_neg + settings.cfg * (v - v_neg)
+        return v
+
+    from .memory import block_swap
+    swap = block_swap(dit, settings.block_swap, compute_device=device) if settings.block_swap else nullcontext()
+    with swap:
         return sample_euler(velocity, x, sigmas, progress=settings.progress)
 
 

@@ -35,7 +35,7 @@ from ..attention import check_backend
 from ..errors import CheckpointError, InputError
 from ..models.wan_config import WanDiTConfig, infer_dit_config, preset_name
 from ..models.wan_dit import WanDiT
-from .dit_keys import KIWI_EMBEDDERS, diffusers_to_original_key, find_dit_prefixes, is_ignored
+from .dit_keys import CONCAT_SOURCE_PREFIX, KIWI_EMBEDDERS, diffusers_to_original_key, find_dit_prefixes, is_ignored
 from .files import SAFETENSORS_SUFFIXES, LazyStateDict, load_into_module, open_state_dict
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -60,6 +60,7 @@ class _Plan:
     prefix: str = ""
     has_source: bool = False
     has_ref: bool = False
+    has_concat_source: bool = False   # VIVA source_mixer.* keys present
     reference_first: bool = False
     context_embedding: str = "auto"
 
@@ -194,6 +195,7 @@ def _plan(source, num_heads: int | None = None) -> _Plan | None:
         plan.format = "comfyui"
     _add_checkpoint_embedders(plan, state)
     _add_release_embedders(plan, facts)
+    plan.has_concat_source = any(k.startswith(CONCAT_SOURCE_PREFIX) for k in plan.state)
     return plan
 
 
@@ -281,11 +283,13 @@ def _weight_scales(state: LazyStateDict) -> dict[str, tuple[int, ...]]:
 
 
 def build_empty(config: WanDiTConfig, has_source: bool = False, has_ref: bool = False,
-                scales: dict[str, tuple[int, ...]] | None = None) -> WanDiT:
+                scales: dict[str, tuple[int, ...]] | None = None, has_concat_source: bool = False) -> WanDiT:
     """The model skeleton on the meta device (no memory), with embedders and fp8 scales as needed."""
     with torch.device("meta"):
         model = WanDiT(config)
         model.attach_condition_embedders(source=has_source, reference=has_ref)
+        if has_concat_source:      # VIVA channel-concat source (source_mode "concat")
+            model.attach_channel_concat_source()
     modules = dict(model.named_modules())
     for path, shape in (scales or {}).items():
         if hasattr(modules.get(path), "enable_weight_scale"):
@@ -310,7 +314,7 @@ def load_dit(source, dtype: torch.dtype | None = None, device="cpu", attention: 
         state, name, _ = _open(source)
         raise _not_a_dit(name, state)
     dtype_for, _ = _dtype_rule(plan.state, dtype)
-    model = build_empty(plan.config, plan.has_source, plan.has_ref, _weight_scales(plan.state))
+    model = build_empty(plan.config, plan.has_source, plan.has_ref, _weight_scales(plan.state), plan.has_concat_source)
     arch = preset_name(plan.config)
     converted = plan.format in ("diffusers", "kiwi-release")
     naming = "; known key names are shown in the original Wan layout" if converted else ""
@@ -339,12 +343,12 @@ def describe_dit(source) -> dict | None:
         return _describe_embedder(source)
     compute, linear = _stored_dtypes(plan.state)
     scaled = _weight_scales(plan.state)
-    skeleton = build_empty(plan.config, plan.has_source, plan.has_ref, scaled)
+    skeleton = build_empty(plan.config, plan.has_source, plan.has_ref, scaled, plan.has_concat_source)
     expected = skeleton.state_dict()
     return {"kind": "dit", "format": plan.format, "architecture": preset_name(plan.config),
             "config": plan.config.to_dict(), "dtype": _name(compute), "weight_dtype": _name(linear),
             "fp8_scaled": bool(scaled), "has_source_embedder": plan.has_source, "has_ref_embedder": plan.has_ref,
-            "reference_first": plan.reference_first, "context_embedding": plan.context_embedding,
+            "has_concat_source": plan.has_concat_source, "reference_first": plan.reference_first, "context_embedding": plan.context_embedding,
             "prefix": plan.prefix, "parameters": sum(p.numel() for p in skeleton.parameters()),
             "missing_keys": sum(1 for k in expected if k not in plan.state), "source": plan.name}
 

@@ -24,6 +24,9 @@ from .conditioning import ConditionEmbedder
 from .wan_config import WanDiTConfig
 
 CONTEXT_EMBEDDINGS = ("auto", "text", "none")
+# How source latents enter: Kiwi-Edit's σ-scaled addition (default, the released models) or VIVA's
+# channel-concat + projection (eq. 2; ``attach_channel_concat_source``).
+SOURCE_MODES = ("add_sigma", "concat")
 
 
 class CastLinear(nn.Linear):
@@ -203,7 +206,9 @@ class WanDiT(nn.Module):
     - ``context`` [B, Lc, C]: ``context_embedding`` "text" runs it through ``text_embedding`` (umT5,
       C = text_dim), "none" feeds it to cross-attention as is (Kiwi MLLM, C = dim), "auto" picks by C.
     - ``source_latents`` (shape of ``latents``): added after patch embedding through
-      ``source_embedder``, times ``source_scale`` (σ: a number or [B]; default timestep/1000).
+      ``source_embedder``, times ``source_scale`` (σ: a number or [B]; default timestep/1000) —
+      ``source_mode`` "add_sigma"; with ``source_mode`` "concat" (VIVA) ``source_mixer`` mixes them
+      with the patch-embedded noisy tokens instead (``source_scale`` unused).
     - ``reference_latents`` [B, C, Fr, H, W]: ``ref_embedder`` tokens placed after the video tokens
       (or before when ``reference_first``); RoPE spans f+Fr frames, so the sequence order decides
       the frame indices; the reference tokens are dropped after the head.
@@ -221,6 +226,8 @@ class WanDiT(nn.Module):
         self.head = Head(c)
         self.register_module("source_embedder", None)
         self.register_module("ref_embedder", None)
+        self.register_module("source_mixer", None)   # VIVA channel-concat embedder (opt-in, keys source_mixer.*)
+        self.source_mode = "add_sigma"
         self.reference_first = False
         self.sinusoid_dtype = torch.float64       # float32 = diffusers' time-embedding numerics
         self.context_embedding = "auto"
@@ -272,6 +279,26 @@ class WanDiT(nn.Module):
             self.reference_first = bool(reference_first)
         return self
 
+    def attach_channel_concat_source(self) -> "WanDiT":
+        """Switch to VIVA's channel-concat source conditioning (eq. 2): adds ``source_mixer`` (a
+        ``ChannelConcatSourceEmbedder`` initialised so the output equals the base model's) and sets
+        ``source_mode = "concat"``. Keys ``source_mixer.patch_embedding.*`` / ``source_mixer.projector.*``."""
+        from ..methods.viva_source import ChannelConcatSourceEmbedder   # methods import models: import late
+        if self.source_mixer is None:
+            self.source_mixer = ChannelConcatSourceEmbedder.from_dit(self)
+        self.source_mode = "concat"
+        return self
+
+    @property
+    def source_mode(self) -> str:
+        return self._source_mode
+
+    @source_mode.setter
+    def source_mode(self, mode: str) -> None:
+        if mode not in SOURCE_MODES:
+            raise InputError(f"source_mode must be one of {', '.join(SOURCE_MODES)}, got {mode!r}.")
+        self._source_mode = mode
+
     # --- forward --------------------------------------------------------------------------------------
     def forward(self, latents: torch.Tensor, timestep, context: torch.Tensor,
                 source_latents: torch.Tensor | None = None, source_scale=None,
@@ -297,7 +324,9 @@ class WanDiT(nn.Module):
     def embed_inputs(self, latents, source_latents=None, source_scale=None, reference_latents=None,
                      reference_first: bool = False) -> torch.Tensor:
         x = self.patch_embedding(latents.to(self.dtype)).flatten(2).transpose(1, 2)     # [B, f·h·w, dim]
-        if source_latents is not None:
+        if source_latents is not None and self.source_mode == "concat":
+            x = self.source_mixer(x, source_latents)
+        elif source_latents is not None:
             x = x + self.source_embedder(source_latents) * source_scale.to(x.dtype)
         if reference_latents is not None:
             r = self.ref_embedder(reference_latents).expand(x.shape[0], -1, -1)       # [B, Fr·h·w, dim]
@@ -386,6 +415,11 @@ class WanDiT(nn.Module):
     def _source_scale(self, scale, t: torch.Tensor, source: torch.Tensor | None, latents: torch.Tensor):
         if source is None:
             return None
+        if self.source_mode == "concat":
+            if self.source_mixer is None:
+                raise InputError("source_mode is 'concat' but this DiT has no source_mixer; call "
+                                 "attach_channel_concat_source().")
+            return None                     # the channel-concat path has no σ scale
         if self.source_embedder is None:
             raise InputError("source latents were given but this DiT has no source embedder; load a Kiwi-Edit "
                              "model (source_embedder/) or call attach_condition_embedders().")

@@ -1,0 +1,134 @@
+"""RVEDiT's three conditioning streams in this stack, and the trainable part that makes X_v.
+
+- **X_e** (editing tokens): the instruction context the DiT already reads — the MLLM encoder's
+  query tokens after the connector (Kiwi / InstructX encoders), DiT-wide. Every block sees X_e.
+- **X_v** (source-video tokens): the source video's VAE latents patch-embedded to the DiT width by
+  ``RVEDiTStreams.video_embedder`` (a Conv3d of the DiT's patch geometry, initialised as a copy of
+  the DiT's ``patch_embedding`` so its tokens start in the DiT's own token space), average-pooled on
+  the token grid by ``pool`` (default none) to bound their count.
+- **X_ℓ** (caption tokens): umT5 features of the *source* caption through the DiT's own
+  ``text_embedding`` (Wan's native text path, frozen).
+
+Only blocks ≥ L_s (0-based; the paper's l > L_s) see [X_e; X_v; X_ℓ] (``rvedit.RoutedContext``);
+``L_s`` defaults to half the depth. With ``L_s`` = depth the routing is off and the DiT is the base model.
+
+Weights file (safetensors): ``rvedit.video_embedder.patch_embedding.{weight,bias}``, metadata
+``rvedit_pool`` ("pt,ph,pw") and ``rvedit_split`` (L_s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, InputError
+from ..models.conditioning import ConditionEmbedder
+from .rvedit import RoutedContext, source_video_tokens
+
+PREFIX = "rvedit."
+
+
+def default_split(num_blocks: int) -> int:
+    """RVEDiT's default L_s: half the depth (rounded down)."""
+    return num_blocks // 2
+
+
+@dataclass
+class RoutedStreams:
+    """What the sampler needs to route: L_s and the deep-block streams (DiT-wide, batch 1 or B)."""
+
+    split: int
+    x_v: torch.Tensor | None = None        # [B, L_v, dim]
+    x_l: torch.Tensor | None = None        # [B, L_ℓ, dim]
+
+    def routed(self, dit, x_e: torch.Tensor) -> RoutedContext:
+        """The context manager installing the routing on ``dit`` for one call (or one sampling run)."""
+        dtype = dit.dtype
+        return RoutedContext(dit, self.split, x_e.to(dtype),
+                             None if self.x_v is None else self.x_v.to(x_e.device, dtype),
+                             None if self.x_l is None else self.x_l.to(x_e.device, dtype))
+
+
+class RVEDiTStreams(nn.Module):
+    """The trainable X_v embedder + the routing split; ``streams(dit, source_latents, caption)``."""
+
+    def __init__(self, in_dim: int, dim: int, patch_size=(1, 2, 2), split: int = 0, pool=(1, 1, 1)):
+        super().__init__()
+        self.video_embedder = ConditionEmbedder(in_dim, dim, patch_size, zero_init=False)
+        self.split = int(split)
+        self.pool = tuple(int(p) for p in pool)
+
+    @classmethod
+    def for_dit(cls, dit, split: int | None = None, pool=(1, 1, 1)) -> "RVEDiTStreams":
+        n = len(dit.blocks)
+        split = default_split(n) if split is None else int(split)
+        if not 0 <= split <= n:
+            raise InputError(f"RVEDiT split L_s must be between 0 and the DiT's {n} blocks, got {split}.")
+        c, pe = dit.config, dit.patch_embedding
+        out = cls(c.in_dim, c.dim, c.patch_size, split, pool).to(pe.weight.device, pe.weight.dtype)
+        with torch.no_grad():
+            out.video_embedder.patch_embedding.weight.copy_(pe.weight)
+            out.video_embedder.patch_embedding.bias.copy_(pe.bias)
+        return out
+
+    def video_tokens(self, source_latents: torch.Tensor) -> torch.Tensor:
+        """X_v [B, L_v, dim]."""
+        return source_video_tokens(self.video_embedder, source_latents, self.pool)
+
+    @staticmethod
+    def caption_tokens(dit, caption: torch.Tensor) -> torch.Tensor:
+        """X_ℓ [B, L, dim]: umT5 rows [B, L, text_dim] through the DiT's ``text_embedding``."""
+        if not torch.is_tensor(caption) or caption.ndim != 3 or caption.shape[-1] != dit.config.text_dim:
+            shape = tuple(caption.shape) if torch.is_tensor(caption) else type(caption).__name__
+            raise InputError(f"RVEDiT caption features must be umT5 rows [B, L, {dit.config.text_dim}], got {shape}.")
+        return dit.text_embedding(caption.to(dit.dtype))
+
+    def streams(self, dit, source_latents: torch.Tensor | None, caption: torch.Tensor | None) -> RoutedStreams:
+        x_v = None if source_latents is None else self.video_tokens(source_latents)
+        x_l = None if caption is None else self.caption_tokens(dit, caption)
+        return RoutedStreams(self.split, x_v, x_l)
+
+    # --- files ------------------------------------------------------------------------------------------
+    def prefixed_state_dict(self) -> dict[str, torch.Tensor]:
+        return {PREFIX + k: v for k, v in self.state_dict().items()}
+
+    def metadata(self) -> dict[str, str]:
+        return {"rvedit_split": str(self.split), "rvedit_pool": ",".join(map(str, self.pool)), "format": "pt"}
+
+    def save(self, path) -> Path:
+        from safetensors.torch import save_file
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.prefixed_state_dict().items()}, str(path),
+                  metadata=self.metadata())
+        return Path(path)
+
+    def load_prefixed(self, state, source: str = "state") -> None:
+        own = self.state_dict()
+        keys = {k[len(PREFIX):] for k in state if k.startswith(PREFIX)}
+        if keys != set(own):
+            raise CheckpointError(f"{source}: not RVEDiT weights (expected {sorted(PREFIX + k for k in own)}, "
+                                  f"found {sorted(state)[:4]}).")
+        for k in keys:
+            if tuple(state[PREFIX + k].shape) != tuple(own[k].shape):
+                raise CheckpointError(f"{source}: {PREFIX + k} has shape {list(state[PREFIX + k].shape)}, this DiT "
+                                      f"needs {list(own[k].shape)} (weights of another model size?).")
+        with torch.no_grad():
+            for k in keys:
+                own[k].copy_(state[PREFIX + k].to(own[k].dtype))
+
+
+def load_rvedit(path, dit, split: int | None = None) -> RVEDiTStreams:
+    """An ``RVEDiTStreams`` for ``dit`` with the weights of ``path``; ``split`` overrides the file's L_s."""
+    from ..loading.files import open_state_dict
+    state = open_state_dict(Path(path))
+    meta = state.metadata
+    try:
+        pool = tuple(int(p) for p in meta.get("rvedit_pool", "1,1,1").split(","))
+        saved_split = int(meta["rvedit_split"]) if "rvedit_split" in meta else None
+    except ValueError:
+        raise CheckpointError(f"{path}: unreadable RVEDiT metadata {dict(meta)}.") from None
+    out = RVEDiTStreams.for_dit(dit, saved_split if split is None else split, pool)
+    out.load_prefixed({k: state[k] for k in state}, str(path))
+    return out.eval().requires_grad_(False)

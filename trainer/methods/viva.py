@@ -1,0 +1,199 @@
+"""VIVA supervised training: VLM instructor (frozen Qwen2.5-VL, last hidden states, cached) → trainable token
+refiner (timestep-aware, runs every step) → Wan DiT cross-attention; channel-concat source conditioning
+(VIVA eq. 2); masked flow-matching loss (1 + w_m·M)·L with the dataset's ``mask`` column (none → plain loss).
+
+The model side lives in comfy_kiwi.methods (viva, viva_refiner, viva_source, viva_loss) and
+comfy_kiwi.mllm.instructor; this class wires it to the loop. Output: ``viva.safetensors`` (``refiner.*``,
+``source_mixer.*``; what ``comfy_kiwi.methods.viva.load_viva`` and the Kiwi VIVA Loader node read) and, with
+``train_dit``, ``viva-dit.safetensors`` (the fine-tuned DiT in the original key layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from comfy_kiwi.dtypes import parse_dtype
+from comfy_kiwi.errors import InputError
+from comfy_kiwi.methods import viva
+from comfy_kiwi.methods.viva_loss import POOLS, masked_flow_matching_loss
+
+from .base import TrainingMethod, TrainModule, noised
+
+SOURCE_MODES = ("concat", "none")
+
+
+@dataclass
+class VivaOptions:
+    refiner_depth: int = 2                 # HunyuanVideo's refiner depth (VIVA's refiner design)
+    refiner_heads: int = 0                 # 0 = the DiT's head count
+    source_conditioning: str = "concat"    # "concat": VIVA eq. 2; "none": no source latents (ablation)
+    mask_weight: float = 1.0               # w_m of (1 + w_m·M)·L (value ours; see docs/METHODS.md)
+    mask_pool: str = "max"                 # how the cached mask is pooled if it is not on the latent grid
+    train_dit: bool = False                # also fine-tune the whole DiT (VIVA fine-tunes its DiT)
+    system_prompt: str = ""                # "" = comfy_kiwi.mllm.instructor.VIVA_SYSTEM_PROMPT
+
+
+class VivaModule(TrainModule):
+    def __init__(self, dit, refiner, options: VivaOptions):
+        super().__init__()
+        self.dit, self.refiner, self.options = dit, refiner, options
+
+    def context(self, batch: dict, t: torch.Tensor) -> torch.Tensor:
+        """The refined context at the batch's timesteps t = 1000σ: the refiner runs with each step's t."""
+        return self.refiner.refine(batch["vlm_hidden"], t, batch["vlm_mask"])
+
+    def predict(self, x_t, t, context, batch) -> torch.Tensor:
+        dtype = self.dit.dtype
+        src = batch["source"].to(dtype) if self.options.source_conditioning == "concat" else None
+        return self.dit(x_t.to(dtype), t, context.to(dtype), source_latents=src)
+
+    def forward(self, batch: dict, draws: dict) -> torch.Tensor:
+        x0 = batch["target"].float()
+        noise, sigma = draws["noise"].to(x0.device), draws["sigma"].to(x0.device)
+        t = 1000.0 * sigma
+        pred = self.predict(noised(x0, noise, sigma), t, self.context(batch, t), batch)
+        return masked_flow_matching_loss(pred, noise - x0, batch.get("mask"), self.options.mask_weight,
+                                         self.options.mask_pool)
+
+
+def pad_hidden(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Instructor hidden states of different lengths [1, L_i, C] → ([B, L, C] zero-padded, mask [B, L])."""
+    n = max(r.shape[1] for r in rows)
+    out = rows[0].new_zeros(len(rows), n, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), n, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, :r.shape[1]] = r[0]
+        mask[i, :r.shape[1]] = True
+    return out, mask
+
+
+class VivaMethod(TrainingMethod):
+    name = "viva"
+    Options = VivaOptions
+    required_models = ("dit", "vae", "mllm")
+    context_encoder = None                 # the instructor's hidden states are cached by cache_item
+
+    @classmethod
+    def parse_options(cls, table):
+        o = super().parse_options(table)
+        if o.source_conditioning not in SOURCE_MODES:
+            raise InputError(f"method.options.source_conditioning is {o.source_conditioning!r}; choose one of "
+                             f"{', '.join(SOURCE_MODES)}.")
+        if o.mask_pool not in POOLS:
+            raise InputError(f"method.options.mask_pool is {o.mask_pool!r}; choose one of {', '.join(POOLS)}.")
+        if o.mask_weight < 0 or o.refiner_depth < 1 or o.refiner_heads < 0:
+            raise InputError("method.options: mask_weight ≥ 0, refiner_depth ≥ 1 and refiner_heads ≥ 0 are required.")
+        return o
+
+    # --- data -------------------------------------------------------------------------------------------
+    def cache_signature(self) -> dict:
+        return {"instructor": "qwen-last-hidden", "preset": self.cfg.model.mllm_preset,
+                "system_prompt": self.options.system_prompt}
+
+    def cache_model_files(self) -> list[str]:
+        return [self.cfg.model.mllm]
+
+    def instructor(self, device):
+        from comfy_kiwi.mllm.instructor import VIVA_SYSTEM_PROMPT, VivaInstructor
+        from comfy_kiwi.mllm.loader import load_mllm_encoder
+        enc = load_mllm_encoder(self.cfg.model.mllm, dtype=parse_dtype(self.cfg.model.dtype), device=device,
+                                preset=self.cfg.model.mllm_preset)
+        return VivaInstructor(enc, self.options.system_prompt or VIVA_SYSTEM_PROMPT)
+
+    def cache_item(self, record, pixels, size, encoders) -> dict:
+        from comfy_kiwi.frames import load_image
+        frames = (pixels["source"][0].permute(1, 2, 3, 0).float() + 1) / 2            # [F, H, W, 3]
+        ref = load_image(record.reference) if record.reference else None
+        inst = encoders.get("viva_instructor", lambda: self.instructor(getattr(self, "device", "cpu")))
+        with torch.no_grad():
+            hidden, _ = inst.hidden_states(record.prompt, frames, ref)
+        return {"vlm_hidden": hidden.float().cpu()}                                    # [1, L, C]
+
+    def collate(self, items):
+        from ..data.cache import collate
+        hidden, mask = pad_hidden([it["vlm_hidden"] for it in items])
+        batch = collate([{k: v for k, v in it.items() if k != "vlm_hidden"} for it in items], self.cfg.data.text_len)
+        batch["vlm_hidden"], batch["vlm_mask"] = hidden, mask
+        return batch
+
+    # --- model ------------------------------------------------------------------------------------------
+    def instructor_width(self) -> int:
+        from comfy_kiwi.mllm.loader import describe_mllm
+        info = describe_mllm(self.cfg.model.mllm) or {}
+        width = (info.get("qwen") or {}).get("hidden_size")
+        if not width:
+            raise InputError(f"model.mllm {self.cfg.model.mllm}: no Qwen2.5-VL config with a hidden_size found.")
+        return int(width)
+
+    def load_models(self, cfg, device) -> dict:
+        models = super().load_models(cfg, device)
+        models["in_dim"] = self.instructor_width()
+        return models
+
+    def build(self, models: dict) -> VivaModule:
+        o, dit = self.options, models["dit"]
+        dit.requires_grad_(o.train_dit)
+        refiner = viva.attach_viva(dit, models["in_dim"], o.refiner_heads or None, o.refiner_depth,
+                                   concat_source=o.source_conditioning == "concat")
+        master = parse_dtype(self.cfg.precision.adapter_dtype)
+        refiner.to(master).requires_grad_(True).train()
+        if dit.source_mixer is not None:
+            dit.source_mixer.to(master).requires_grad_(True)
+        if o.train_dit:
+            dit.text_embedding.requires_grad_(False)        # unused on the refined-context path
+        dit.gradient_checkpointing = self.cfg.precision.gradient_checkpointing
+        dit.train(self.cfg.precision.gradient_checkpointing or o.train_dit)
+        return VivaModule(dit, refiner, o)
+
+    # --- state ------------------------------------------------------------------------------------------
+    def trainable_state_dict(self, module) -> dict[str, torch.Tensor]:
+        out = viva.viva_state_dict(module.dit, module.refiner)
+        if self.options.train_dit:
+            out.update({"dit." + k: v for k, v in module.dit.state_dict().items()
+                        if not k.startswith("source_mixer.")})
+        return out
+
+    def load_trainable_state_dict(self, module, state) -> None:
+        own = {k: v for k, v in state.items() if not k.startswith("dit.")}
+        viva.load_viva_state(module.dit, module.refiner, own, "checkpoint")
+        dit_state = {k[4:]: v for k, v in state.items() if k.startswith("dit.")}
+        if dit_state:
+            sd = module.dit.state_dict()
+            with torch.no_grad():
+                for k, v in dit_state.items():
+                    sd[k].copy_(v.to(sd[k].dtype))
+
+    def save_final(self, module, output_dir) -> list:
+        out = [viva.save_viva(Path(output_dir) / "viva.safetensors", module.dit, module.refiner)]
+        if self.options.train_dit:
+            from safetensors.torch import save_file
+            out.append(Path(output_dir) / "viva-dit.safetensors")
+            save_file({k: v.detach().cpu().contiguous() for k, v in module.dit.state_dict().items()}, str(out[-1]),
+                      metadata={"format": "pt", "num_heads": str(module.dit.config.num_heads)})
+        return out
+
+    # --- sampling ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, module, batch, steps, shift, seed):
+        """The library sampler's VIVA path (refiner per step), CFG off (the trainer has no negative cached)."""
+        from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning, sample_edit
+        cond = EditConditioning(batch["vlm_hidden"][:1], refiner=module.refiner, context_mask=batch["vlm_mask"][:1])
+        settings = EditSettings(steps=steps, shift=shift, seed=seed, cfg=1.0, progress=False)
+        if self.options.source_conditioning != "concat":
+            return _sample_without_source(module, cond, batch, settings)
+        return sample_edit(module.dit, cond, SourceConditioning(batch["source"][:1]), settings)
+
+
+def _sample_without_source(module, cond, batch, settings):
+    from comfy_kiwi.sampling import flow_sigmas, noise_like, sample_euler
+    x = noise_like(tuple(batch["target"][:1].shape), settings.seed, dtype=module.dit.dtype,
+                   device=batch["target"].device)
+
+    def velocity(x, sigma, i):
+        t = torch.full((1,), 1000.0 * sigma, device=x.device)
+        return module.predict(x, t, module.context({"vlm_hidden": cond.context, "vlm_mask": cond.context_mask}, t),
+                              batch).float()
+    return sample_euler(velocity, x, flow_sigmas(settings.steps, settings.shift), progress=False)
