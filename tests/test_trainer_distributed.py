@@ -54,3 +54,23 @@ def test_two_process_gloo_training(tmp_path):
         assert torch.allclose(g0[k], (g0[local] + g1[local]) / 2, atol=1e-6), k  # = the mean of local ones
         differ += not torch.allclose(g0[local], g1[local])
     assert differ > len(synced) // 2          # the ranks really saw different data
+
+
+@pytest.mark.timeout(300)
+def test_two_process_kiwi_stage3(tmp_path):
+    """The three-dataset Kiwi stage (MLLM in the loop, image micro-steps leave the video/reference queries without
+    gradient) runs on two gloo ranks through the command line, as `accelerate launch` runs it on GPUs."""
+    from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models
+    models, data = write_kiwi_models(tmp_path / "models"), write_kiwi_data(tmp_path / "data", count=2)
+    toml = tiny_preset("kiwi-stage3", tmp_path / "run", models, data,
+                       schedule={"max_steps": 2, "grad_accum": 0}, checkpoint={"every": 2})
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "trainer", "train", "--config", str(toml)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, cwd=HERE.parent)
+    assert proc.returncode == 0, proc.stderr[-12000:]
+    out = tmp_path / "run" / "run"
+    state = (out / "checkpoints" / "step-00000002" / "state.json").read_text()
+    assert '"position": 6' in state                    # 3 datasets → 3 micro-steps per step, global batches
+    final = load_file(str(out / "kiwi.safetensors"))
+    assert "mllm.ref_queries.q" in final and "ref_vae_condition.patch_embedding.weight" in final
