@@ -48,7 +48,7 @@ def fresh(cfg):
 def datasets(cfg, method):
     out = []
     for spec in cfg.dataset_specs():
-        path = build_cache(read_records(spec.dataset, spec.format), cfg, *_loaders(cfg, "cpu"),
+        path = build_cache(read_records(spec.dataset, spec.format, spec.base_path), cfg, *_loaders(cfg, "cpu"),
                            log=lambda *a: None, method=method, spec=spec)
         out.append(CachedDataset(path))
     return out

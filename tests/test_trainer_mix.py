@@ -152,3 +152,16 @@ def test_short_clips_keep_their_largest_4k_plus_1_prefix(tmp_path):
     write_video(tmp_path / "seven.mp4", torch.rand(7, 32, 32, 3), fps=8)
     assert load_pixels(str(tmp_path / "seven.mp4"), (32, 32), frames=9).shape[2] == 5
     assert load_pixels(str(tmp_path / "seven.mp4"), (32, 32), frames=5).shape[2] == 5
+
+
+def test_dataset_base_path_as_the_kiwi_scripts(tmp_path):
+    """Published Kiwi CSVs name files relative to --dataset_base_path, not to the CSV."""
+    (tmp_path / "media").mkdir()
+    (tmp_path / "meta").mkdir()
+    for n in ("s", "t"):
+        shape_image((200, 30, 30), "square").save(tmp_path / "media" / f"{n}.png")
+    (tmp_path / "meta" / "k.csv").write_text("src_video,tgt_video,prompt\ns.png,t.png,Make it blue.\n")
+    with pytest.raises(InputError, match="src_video file .* does not exist"):
+        read_records(tmp_path / "meta" / "k.csv", "kiwi")
+    (rec,) = read_records(tmp_path / "meta" / "k.csv", "kiwi", base_path=tmp_path / "media")
+    assert rec.source == str((tmp_path / "media" / "s.png").resolve())

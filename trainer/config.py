@@ -45,7 +45,7 @@ class DataConfig:
     max_pixels: int = 0               # > 0: per-item size as the Kiwi loader (≤ max_pixels, sides × multiple)
                                       # instead of resolution² buckets
     datasets: list = field(default_factory=list)     # several datasets: [[data.datasets]] tables with
-                                      # dataset (path) and optional format, frames, max_pixels, name
+                                      # dataset (path) and optional format, frames, max_pixels, name, base_path
     mix_weights: list = field(default_factory=list)  # one weight per dataset ([2, 1, 1]); empty = round robin
 
 
@@ -57,6 +57,7 @@ class DatasetSpec:
     frames: int = 0
     max_pixels: int = -1
     name: str = ""
+    base_path: str = ""               # the CSV's paths are relative to this folder (default: the CSV's folder)
 
 
 @dataclass
@@ -151,7 +152,7 @@ class TrainConfig:
                                                                                 f"data.datasets[{i}]")
             out.append(DatasetSpec(spec.dataset, spec.format or d.format, spec.frames or d.frames,
                                    d.max_pixels if spec.max_pixels < 0 else spec.max_pixels,
-                                   spec.name or Path(spec.dataset).stem or f"dataset{i}"))
+                                   spec.name or Path(spec.dataset).stem or f"dataset{i}", spec.base_path))
         return out
 
 
@@ -278,8 +279,9 @@ def load_config(path, overrides: dict | None = None, check_files: bool = True) -
         obj = getattr(cfg, sect)
         setattr(obj, key, _resolve(base, getattr(obj, key)))
     for table in cfg.data.datasets:
-        if isinstance(table, dict) and isinstance(table.get("dataset"), str):
-            table["dataset"] = _resolve(base, table["dataset"])
+        for key in ("dataset", "base_path"):
+            if isinstance(table, dict) and isinstance(table.get(key), str):
+                table[key] = _resolve(base, table[key])
     cfg.source = str(path)
     try:
         return validate(cfg, check_files)

@@ -85,7 +85,7 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
     vae_loader, text_loader = _loaders(cfg, device)
     datasets, orders = [], []
     for i, spec in enumerate(cfg.dataset_specs()):
-        records = read_records(spec.dataset, spec.format)
+        records = read_records(spec.dataset, spec.format, spec.base_path)
         with acc.main_process_first():
             cache = build_cache(records, cfg, vae_loader, text_loader, log=say, method=method, spec=spec)
         datasets.append(CachedDataset(cache))

@@ -1,6 +1,7 @@
 """Training records (image pairs, Kiwi CSVs), aspect-ratio buckets, and pixel loading.
 
-Formats (CSV with a header, or JSONL with one object per line; relative paths are relative to the file):
+Formats (CSV with a header, or JSONL with one object per line; relative paths are relative to the file, or to
+a dataset's ``base_path``):
 
 - ``image_pairs``: ``source_image, edited_image, edited_prompt[, source_prompt]`` (one-frame videos)
 - ``kiwi``: ``src_video, tgt_video, prompt[, ref_image]`` (the Kiwi-Edit CSV; images are 1-frame videos)
@@ -57,9 +58,11 @@ def _rows(path: Path) -> list[dict]:
     return list(csv.DictReader(text.splitlines()))
 
 
-def read_records(path, fmt: str = "image_pairs") -> list[Record]:
-    """Read and check a dataset file; every referenced file must exist."""
+def read_records(path, fmt: str = "image_pairs", base_path=None) -> list[Record]:
+    """Read and check a dataset file; every referenced file must exist. Relative paths are relative to
+    ``base_path`` (the Kiwi scripts' ``--dataset_base_path``), by default to the file's folder."""
     path = Path(path)
+    base = Path(base_path) if base_path else path.parent
     if fmt not in COLUMNS:
         raise InputError(f"unknown data format {fmt!r}; choose one of {', '.join(COLUMNS)}.")
     if not path.is_file():
@@ -78,7 +81,7 @@ def read_records(path, fmt: str = "image_pairs") -> list[Record]:
         for k in PATH_FIELDS:
             if values.get(k):
                 p = Path(values[k])
-                p = p if p.is_absolute() else path.parent / p
+                p = p if p.is_absolute() else base / p
                 if not p.is_file():
                     raise InputError(f"{path} row {n}: {cols[k]} file {p} does not exist.")
                 values[k] = str(p.resolve())

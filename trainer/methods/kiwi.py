@@ -188,7 +188,7 @@ class KiwiMethod(TrainingMethod):
 
     def _has_reference(self) -> bool:
         from ..data.datasets import read_records
-        return any(r.reference for s in self.cfg.dataset_specs() for r in read_records(s.dataset, s.format))
+        return any(r.reference for s in self.cfg.dataset_specs() for r in read_records(s.dataset, s.format, s.base_path))
 
     def load_models(self, cfg, device) -> dict:
         from comfy_kiwi.loading.dit_loader import load_dit
