@@ -253,6 +253,10 @@ class KiwiMethod(TrainingMethod):
         if not self.options.block_swap:
             return module.to(device)
         from comfy_kiwi.training.block_swap_training import TrainingBlockSwap
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # DDP broadcasts every module tensor from rank 0 at start, swapped CPU copies included
+            raise InputError("method.options.block_swap is for one process (one GPU); set it to 0 for multi-GPU runs.")
         for name, child in module.named_children():
             if name != "dit":
                 child.to(device)
