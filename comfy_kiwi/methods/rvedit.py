@@ -110,8 +110,14 @@ class RoutedContext(contextlib.AbstractContextManager):
         n = len(model.blocks)
         if not 0 <= L_s <= n:
             raise InputError(f"L_s must be between 0 and the number of blocks {n}, got {L_s}.")
-        self.model, self.handles = model, []
+        self.model, self.handles, self.L_s = model, [], L_s
         self.contexts = [route_context(i, L_s, x_e, x_v, x_l) for i in range(n)]
+
+    def set_streams(self, x_e: torch.Tensor, x_v: torch.Tensor | None = None,
+                    x_l: torch.Tensor | None = None) -> None:
+        """New streams for the installed hooks. Training keeps the hooks installed across forward and
+        backward (gradient checkpointing re-runs the blocks in backward and must see the same routing)."""
+        self.contexts = [route_context(i, self.L_s, x_e, x_v, x_l) for i in range(len(self.contexts))]
 
     def _hook(self, index: int):
         def pre_hook(module, args, kwargs):

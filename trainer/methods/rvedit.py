@@ -1,0 +1,224 @@
+"""RVEDiT training: granularity-routed conditioning + reference-anchored attention alignment on a Wan DiT.
+
+Streams (comfy_kiwi.methods.rvedit_streams): X_e = the frozen MLLM encoder's editing tokens (cached per item),
+X_v = source latents through the trainable ``video_embedder``, X_ℓ = the instruction's umT5 rows (the core's
+cached ``context``) through the DiT's ``text_embedding``. Blocks < L_s see X_e, deeper blocks [X_e; X_v; X_ℓ].
+
+Alignment (λ > 0): each step one block k is drawn uniformly; a no-grad reference pass of the same DiT on the
+same x_t, t is conditioned on the *target*: X_e → X_ℓ(target caption), X_v → X_v(target latents),
+X_ℓ → X_ℓ(target caption) (the ``target_caption`` column; the instruction when it is empty). Cross-attention
+outputs of block k in both passes enter a symmetric InfoNCE (τ 0.07, positions capped); the reference branch
+is detached, so the gradient flows only through the editing branch. L = L_fm + λ·L_align.
+
+The routing hooks stay installed for the module's life (``RoutedContext.set_streams`` per pass), so gradient
+checkpointing's recomputation in backward sees the editing pass's routing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from comfy_kiwi.dtypes import parse_dtype
+from comfy_kiwi.errors import InputError
+from comfy_kiwi.methods.rvedit import AlignmentConfig, CrossAttentionTap, RoutedContext, symmetric_info_nce
+from comfy_kiwi.methods.rvedit_streams import RVEDiTStreams
+
+from .base import TrainingMethod, TrainModule, flow_match_loss, noised
+
+DIT_TRAINING = ("full", "lora", "frozen")
+
+
+@dataclass
+class RVEDiTOptions:
+    split: int = -1                        # L_s: blocks [0, L_s) see X_e only; -1 = half the depth (RVEDiT)
+    video_pool: list = field(default_factory=lambda: [1, 1, 1])   # X_v token pooling (pt, ph, pw)
+    align_weight: float = 0.1              # λ; RVEDiT states 0.75 and 0.1 (see AlignmentConfig)
+    align_tau: float = 0.07                # RVEDiT
+    align_max_positions: int = 1024        # positions per sample in the InfoNCE (memory cap, ours)
+    dit_training: str = "full"             # full | lora | frozen (the video embedder always trains)
+    lora_rank: int = 64
+    lora_alpha: float = 64.0
+    source_input: bool = True              # keep a Kiwi DiT's own σ-scaled source addition when it has one
+
+
+class RVEDiTModule(TrainModule):
+    def __init__(self, dit, streams: RVEDiTStreams, adapter, options: RVEDiTOptions):
+        super().__init__()
+        self.dit, self.streams, self.adapter, self.options = dit, streams, adapter, options
+        self.align = AlignmentConfig(options.align_weight, options.align_tau, options.align_max_positions)
+        self.routing = RoutedContext(dit, streams.split, torch.zeros(1, 1, dit.config.dim))
+        self.routing.__enter__()           # installed for good; contexts are swapped per pass
+
+    def _source(self, batch):
+        if self.options.source_input and self.dit.source_embedder is not None:
+            return batch["source"].to(self.dit.dtype)
+        return None
+
+    def predict(self, x_t, t, batch) -> torch.Tensor:
+        """The editing pass (routing set here; the caller holds the hooks)."""
+        dtype = self.dit.dtype
+        x_e = batch["mllm_context"].to(dtype)
+        s = self.streams.streams(self.dit, batch["source"], batch["context"])
+        self.routing.set_streams(x_e, s.x_v.to(dtype), s.x_l.to(dtype))
+        return self.dit(x_t.to(dtype), t, x_e, source_latents=self._source(batch), source_scale=t / 1000.0)
+
+    @torch.no_grad()
+    def reference_features(self, x_t, t, batch, block: int) -> torch.Tensor:
+        """Cross-attention output of ``block`` in the no-grad pass conditioned on the target video + caption."""
+        dtype = self.dit.dtype
+        caption = batch.get("target_context", batch["context"])
+        s = self.streams.streams(self.dit, batch["target"], caption)
+        self.routing.set_streams(s.x_l.to(dtype), s.x_v.to(dtype), s.x_l.to(dtype))
+        with CrossAttentionTap(self.dit, [block], detach=True) as tap:
+            self.dit(x_t.to(dtype), t, s.x_l.to(dtype), source_latents=self._source(batch), source_scale=t / 1000.0)
+        return tap.outputs[block]
+
+    def forward(self, batch: dict, draws: dict) -> torch.Tensor:
+        x0 = batch["target"].float()
+        noise, sigma = draws["noise"].to(x0.device), draws["sigma"].to(x0.device)
+        x_t, t = noised(x0, noise, sigma), 1000.0 * sigma
+        if not self.align.loss_weight:
+            return flow_match_loss(self.predict(x_t, t, batch), x0, noise)
+        block = int(draws["align_block"])
+        b = self.reference_features(x_t, t, batch, block)
+        with CrossAttentionTap(self.dit, [block]) as tap:
+            pred = self.predict(x_t, t, batch)
+        gen = torch.Generator().manual_seed(int(draws["align_seed"]))
+        align = symmetric_info_nce(tap.outputs[block], b, self.align.tau, self.align.max_positions, gen)
+        return flow_match_loss(pred, x0, noise) + self.align.loss_weight * align
+
+
+class RVEDiTMethod(TrainingMethod):
+    name = "rvedit"
+    Options = RVEDiTOptions
+    required_models = ("dit", "vae", "text_encoder", "mllm")
+    context_encoder = "umt5"               # X_ℓ: the instruction's umT5 rows (cached by the core)
+    encode_target_caption = True           # the alignment pass's caption
+    find_unused_parameters = True          # with λ = 0 the tap-free pass still uses every weight; safe default
+
+    @classmethod
+    def parse_options(cls, table):
+        o = super().parse_options(table)
+        if o.dit_training not in DIT_TRAINING:
+            raise InputError(f"method.options.dit_training is {o.dit_training!r}; choose one of "
+                             f"{', '.join(DIT_TRAINING)}.")
+        AlignmentConfig(o.align_weight, o.align_tau, o.align_max_positions)     # validates
+        if len(o.video_pool) != 3 or min(o.video_pool) < 1 or o.lora_rank < 1:
+            raise InputError("method.options: video_pool must be three whole numbers ≥ 1 and lora_rank ≥ 1.")
+        return o
+
+    # --- data -------------------------------------------------------------------------------------------
+    def cache_signature(self) -> dict:
+        return {"x_e": "mllm-context", "preset": self.cfg.model.mllm_preset}
+
+    def cache_model_files(self) -> list[str]:
+        return [self.cfg.model.mllm]
+
+    def _mllm(self):
+        from comfy_kiwi.loading.dit_loader import describe_dit
+        from comfy_kiwi.mllm.config import get_preset
+        from comfy_kiwi.mllm.loader import load_mllm_encoder
+        dim = int(describe_dit(self.cfg.model.dit)["config"]["dim"])
+        preset = get_preset(self.cfg.model.mllm_preset).replace(dit_dim=dim)
+        return load_mllm_encoder(self.cfg.model.mllm, dtype=parse_dtype(self.cfg.model.dtype),
+                                 device=getattr(self, "device", "cpu"), preset=preset)
+
+    def cache_item(self, record, pixels, size, encoders) -> dict:
+        frames = (pixels["source"][0].permute(1, 2, 3, 0).float() + 1) / 2
+        with torch.no_grad():
+            x_e = encoders.get("rvedit_mllm", self._mllm).encode(record.prompt, frames)
+        return {"mllm_context": x_e.float().cpu()}                                    # [1, L, dim]
+
+    def draws(self, batch, generator) -> dict:
+        out = super().draws(batch, generator)
+        n = getattr(self, "num_blocks", 1)                                         # set by build()
+        out["align_block"] = int(torch.randint(0, n, (1,), generator=generator))        # uniform over blocks
+        out["align_seed"] = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        return out
+
+    # --- model ------------------------------------------------------------------------------------------
+    def load_models(self, cfg, device) -> dict:
+        models = super().load_models(cfg, device)
+        models["dit"].context_embedding = "none"          # X_e and X_ℓ arrive DiT-wide
+        return models
+
+    def build(self, models: dict) -> RVEDiTModule:
+        from comfy_kiwi.training.dit_lora_train import DiTLoraAdapter
+        o, dit = self.options, models["dit"]
+        self.num_blocks = len(dit.blocks)
+        dit.requires_grad_(o.dit_training == "full")
+        dit.text_embedding.requires_grad_(False)          # X_ℓ's projection stays Wan's own
+        master = parse_dtype(self.cfg.precision.adapter_dtype)
+        streams = RVEDiTStreams.for_dit(dit, None if o.split < 0 else o.split, o.video_pool)
+        streams.to(dtype=master).requires_grad_(True)
+        adapter = None
+        if o.dit_training == "lora":
+            adapter = DiTLoraAdapter(dit, o.lora_rank, o.lora_alpha, dtype=master, seed=self.cfg.schedule.seed)
+        dit.gradient_checkpointing = self.cfg.precision.gradient_checkpointing
+        dit.train(self.cfg.precision.gradient_checkpointing or o.dit_training == "full")
+        return RVEDiTModule(dit, streams, adapter, o)
+
+    # --- state ------------------------------------------------------------------------------------------
+    def trainable_state_dict(self, module) -> dict[str, torch.Tensor]:
+        out = dict(module.streams.prefixed_state_dict())
+        if module.adapter is not None:
+            out.update({"dit_lora." + k: v for k, v in module.adapter.lora_state_dict().items()})
+        if self.options.dit_training == "full":
+            out.update({"dit." + k: v for k, v in module.dit.state_dict().items()})
+        return out
+
+    def load_trainable_state_dict(self, module, state) -> None:
+        module.streams.load_prefixed({k: v for k, v in state.items() if k.startswith("rvedit.")}, "checkpoint")
+        lora = {k[len("dit_lora."):]: v for k, v in state.items() if k.startswith("dit_lora.")}
+        if lora and module.adapter is not None:
+            module.adapter.load_lora_state_dict(lora)
+        dit_state = {k[4:]: v for k, v in state.items() if k.startswith("dit.")}
+        if dit_state:
+            sd = module.dit.state_dict()
+            with torch.no_grad():
+                for k, v in dit_state.items():
+                    sd[k].copy_(v.to(sd[k].dtype))
+
+    def save_final(self, module, output_dir) -> list:
+        from safetensors.torch import save_file
+        out = [module.streams.save(Path(output_dir) / "rvedit.safetensors")]
+        if module.adapter is not None:
+            out.append(Path(output_dir) / "rvedit-dit-lora.safetensors")
+            save_file({k: v.contiguous() for k, v in module.adapter.comfyui_state_dict().items()}, str(out[-1]))
+        if self.options.dit_training == "full":
+            out.append(Path(output_dir) / "rvedit-dit.safetensors")
+            save_file({k: v.detach().cpu().contiguous() for k, v in module.dit.state_dict().items()}, str(out[-1]),
+                      metadata={"format": "pt", "num_heads": str(module.dit.config.num_heads)})
+        return out
+
+    # --- sampling ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, module, batch, steps, shift, seed):
+        """The library sampler with RVEDiT routing (the trainer's hooks step aside for the run)."""
+        from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning, sample_edit
+        b = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in batch.items()}
+        streams = module.streams.streams(module.dit, b["source"], b["context"])
+        cond = EditConditioning(b["mllm_context"], routing=streams)
+        src = b["source"] if module._source(b) is not None else None
+        settings = EditSettings(steps=steps, shift=shift, seed=seed, progress=False)
+        module.routing.__exit__(None, None, None)
+        try:
+            if src is None:
+                return _sample_unsourced(module.dit, cond, b["target"].shape, settings)
+            return sample_edit(module.dit, cond, SourceConditioning(src), settings)
+        finally:
+            module.routing.__enter__()
+
+
+def _sample_unsourced(dit, cond, shape, settings):
+    from comfy_kiwi.sampling import flow_sigmas, noise_like, sample_euler
+    ctx = cond.context.to(dit.dtype)
+    x = noise_like(tuple(shape), settings.seed, dtype=dit.dtype, device=ctx.device)
+
+    def velocity(x, sigma, i):
+        return dit(x, torch.full((1,), 1000.0 * sigma, device=x.device), ctx)
+    with cond.routing.routed(dit, ctx):
+        return sample_euler(velocity, x, flow_sigmas(settings.steps, settings.shift), progress=False)
