@@ -31,6 +31,8 @@ Hooks a method may override (every default keeps the ImVideoEdit behaviour):
 - ``save_final(module, output_dir) -> list[Path]``: the files of a finished run (default
   ``<method>.safetensors`` = ``trainable_state_dict``).
 - ``draws(batch, generator)``: the random draws of one micro-step (noise level, noise, …).
+
+``self.device`` is the training device (set by the loop before caching, so ``cache_item`` encoders can use it).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class TrainingMethod:
     def __init__(self, cfg):
         self.cfg = cfg
         self.options = cfg.method.options
+        self.device = torch.device("cpu")      # the loop sets the training device before the cache is built
 
     @classmethod
     def parse_options(cls, table):

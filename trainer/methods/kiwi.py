@@ -83,7 +83,6 @@ class KiwiMethod(TrainingMethod):
         super().__init__(cfg)
         self.trainable = list(self.options.trainable)
         self.mllm_trains = any(g in MLLM_GROUPS for g in self.trainable)
-        self.device = torch.device("cpu")
 
     # --- data -------------------------------------------------------------------------------------------
     def cache_signature(self) -> dict:
