@@ -64,6 +64,9 @@ class SourceConditioning:
     source_latents: torch.Tensor | None                 # [1, C, f, h, w] (None: plain text-to-video)
     reference_latents: torch.Tensor | None = None       # [1, C, n_refs, h, w]
     reference_first: bool | None = None                 # None = the model's default (ref_pad_first)
+    # False: the latents only size the run (and seed denoise < 1); the DiT gets no source input (e.g. RVEDiT
+    # on a plain Wan DiT, where the source reaches the deep blocks as X_v tokens instead)
+    feed_dit: bool = True
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -114,7 +117,7 @@ def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, setting
         raise InputError("cfg is not 1.0 but the conditioning has no negative (empty-instruction) "
                          "encoding; encode with cfg enabled or set cfg to 1.0.")
     ctx = cond.context.to(device, dtype)
-    src = None if source.source_latents is None else source.source_latents.to(device, dtype)
+    src = None if source.source_latents is None or not source.feed_dit else source.source_latents.to(device, dtype)
     ref = None if source.reference_latents is None else source.reference_latents.to(device, dtype)
     if use_cfg:
         neg = cond.negative.to(device, dtype)
@@ -160,7 +163,7 @@ def _sample_refined(dit, cond: EditConditioning, source: SourceConditioning, set
     r_dtype = next(refiner.parameters()).dtype
     hidden = cond.context.to(device, r_dtype)
     neg = cond.negative.to(device, r_dtype) if use_cfg else None
-    src = None if source.source_latents is None else source.source_latents.to(device, dtype)
+    src = None if source.source_latents is None or not source.feed_dit else source.source_latents.to(device, dtype)
     ref = None if source.reference_latents is None else source.reference_latents.to(device, dtype)
 
     def call(h, mask, xb, t, sigma):

@@ -132,3 +132,13 @@ def load_rvedit(path, dit, split: int | None = None) -> RVEDiTStreams:
     out = RVEDiTStreams.for_dit(dit, saved_split if split is None else split, pool)
     out.load_prefixed({k: state[k] for k in state}, str(path))
     return out.eval().requires_grad_(False)
+
+
+def routed_conditioning(dit, streams: RVEDiTStreams, cond, source_latents: torch.Tensor,
+                        caption: torch.Tensor | None):
+    """An ``EditConditioning`` that routes: X_e = ``cond.context`` (and its CFG negative), X_v from the
+    source latents, X_ℓ from umT5 caption rows [1, L, text_dim] (None: no X_ℓ)."""
+    from ..pipeline import EditConditioning
+    with torch.no_grad():
+        routing = streams.streams(dit, source_latents.to(dit.device), None if caption is None else caption.to(dit.device))
+    return EditConditioning(cond.context, cond.negative, routing=routing)

@@ -17,6 +17,8 @@ the instruction is guided (``viva_settings``).
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -86,9 +88,19 @@ def load_viva_state(dit, refiner: TokenRefiner, state: dict[str, torch.Tensor], 
             own[k].copy_(v.to(own[k].dtype))
 
 
-def load_viva(path, dit) -> TokenRefiner:
-    """Read a VIVA weights file, attach its parts to ``dit`` and return the refiner."""
+@dataclass
+class VivaWeights:
+    """VIVA's trained parts, kept outside the DiT so a shared (cached) DiT is never changed: ``applied``
+    hooks the channel-concat embedder in for one sampling run."""
+
+    refiner: TokenRefiner
+    mixer: torch.nn.Module | None        # ChannelConcatSourceEmbedder, or None (no source conditioning)
+
+
+def read_viva(path, dit) -> VivaWeights:
+    """VIVA weights from ``path``, shaped for ``dit`` (which is not modified)."""
     from ..loading.files import open_state_dict
+    from .viva_source import ChannelConcatSourceEmbedder
     state = open_state_dict(Path(path))
     meta = state.metadata
     try:
@@ -96,9 +108,69 @@ def load_viva(path, dit) -> TokenRefiner:
     except (KeyError, ValueError):
         raise CheckpointError(f"{path}: no VIVA metadata (viva_in_dim, viva_heads, viva_depth); is this a VIVA "
                               "weights file written by the trainer?") from None
-    refiner = attach_viva(dit, in_dim, heads, depth, concat_source=False)
-    load_viva_state(dit, refiner, {k: state[k] for k in state}, str(path))
-    return refiner.eval().requires_grad_(False)
+    c = dit.config
+    if c.dim % heads:
+        raise CheckpointError(f"{path}: VIVA refiner with {heads} heads does not fit this DiT's width {c.dim}.")
+    refiner = TokenRefiner(in_dim, c.dim, heads, depth).to(dit.device, dit.dtype)
+    mixer = None
+    if any(k.startswith(MIXER_PREFIX) for k in state):
+        mixer = ChannelConcatSourceEmbedder(c.in_dim, c.dim, c.patch_size).to(dit.device, dit.dtype)
+    own = {REFINER_PREFIX + k: v for k, v in refiner.state_dict().items()}
+    if mixer is not None:
+        own.update({MIXER_PREFIX + k: v for k, v in mixer.state_dict().items()})
+    unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+    if unknown or missing:
+        raise CheckpointError(f"{path}: not VIVA weights for this DiT (unexpected {unknown[:4]}, missing "
+                              f"{missing[:4]}); expected refiner.* and optionally source_mixer.* tensors.")
+    bad = [f"{k} {list(state.shape(k))} vs {list(v.shape)}" for k, v in own.items() if tuple(state.shape(k)) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{path}: VIVA tensors do not fit this DiT (another model size?): {', '.join(bad[:4])}.")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(state[k].to(v.dtype))
+    return VivaWeights(refiner.eval().requires_grad_(False),
+                       None if mixer is None else mixer.eval().requires_grad_(False))
+
+
+def load_viva(path, dit) -> TokenRefiner:
+    """Read a VIVA weights file, attach its parts to ``dit`` for good (trainer use) and return the refiner."""
+    w = read_viva(path, dit)
+    dit.context_embedding = "none"
+    if w.mixer is not None:
+        dit.source_mixer, dit.source_mode = w.mixer, "concat"
+    return w.refiner
+
+
+@contextlib.contextmanager
+def applied(dit, weights: VivaWeights):
+    """``dit`` with VIVA's channel-concat source and DiT-wide context for the block; restored after."""
+    saved = (dit.source_mixer, dit.source_mode, dit.context_embedding)
+    try:
+        dit.context_embedding = "none"
+        if weights.mixer is not None:
+            dit.source_mixer, dit.source_mode = weights.mixer.to(dit.device, dit.dtype), "concat"
+        yield dit
+    finally:
+        dit.source_mixer, dit.source_mode, dit.context_embedding = saved
+
+
+def encode(encoder, weights: VivaWeights, instruction: str, frames, reference=None, with_negative: bool = True,
+           system_prompt: str | None = None):
+    """An ``EditConditioning`` for the sampler's VIVA path: instructor hidden states (+ the empty instruction's,
+    same frame and reference, for instruction-only CFG) and the refiner that turns them into context per step."""
+    from ..mllm.instructor import VIVA_SYSTEM_PROMPT, VivaInstructor
+    from ..pipeline import EditConditioning
+    if weights.refiner.in_dim != encoder.config.hidden_size:
+        raise InputError(f"the VIVA refiner reads {weights.refiner.in_dim}-wide hidden states but this MLLM's are "
+                         f"{encoder.config.hidden_size} wide: load the Qwen2.5-VL the VIVA weights were trained with.")
+    inst = VivaInstructor(encoder, system_prompt or VIVA_SYSTEM_PROMPT)
+    with torch.no_grad():
+        if with_negative:
+            (h, m), (hn, mn) = inst.encode_pair(instruction, frames, reference)
+        else:
+            (h, m), hn, mn = inst.hidden_states(instruction, frames, reference), None, None
+    return EditConditioning(h.cpu(), None if hn is None else hn.cpu(), refiner=weights.refiner,
+                            context_mask=m.cpu(), negative_mask=None if mn is None else mn.cpu())
 
 
 def refined_context(refiner: TokenRefiner, hidden: torch.Tensor, mask: torch.Tensor | None, t) -> torch.Tensor:

@@ -202,23 +202,10 @@ class RVEDiTMethod(TrainingMethod):
         b = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in batch.items()}
         streams = module.streams.streams(module.dit, b["source"], b["context"])
         cond = EditConditioning(b["mllm_context"], routing=streams)
-        src = b["source"] if module._source(b) is not None else None
+        feed = module._source(b) is not None
         settings = EditSettings(steps=steps, shift=shift, seed=seed, progress=False)
-        module.routing.__exit__(None, None, None)
+        module.routing.__exit__(None, None, None)          # the sampler installs its own routing hooks
         try:
-            if src is None:
-                return _sample_unsourced(module.dit, cond, b["target"].shape, settings)
-            return sample_edit(module.dit, cond, SourceConditioning(src), settings)
+            return sample_edit(module.dit, cond, SourceConditioning(b["source"], feed_dit=feed), settings)
         finally:
             module.routing.__enter__()
-
-
-def _sample_unsourced(dit, cond, shape, settings):
-    from comfy_kiwi.sampling import flow_sigmas, noise_like, sample_euler
-    ctx = cond.context.to(dit.dtype)
-    x = noise_like(tuple(shape), settings.seed, dtype=dit.dtype, device=ctx.device)
-
-    def velocity(x, sigma, i):
-        return dit(x, torch.full((1,), 1000.0 * sigma, device=x.device), ctx)
-    with cond.routing.routed(dit, ctx):
-        return sample_euler(velocity, x, flow_sigmas(settings.steps, settings.shift), progress=False)

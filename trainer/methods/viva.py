@@ -182,18 +182,5 @@ class VivaMethod(TrainingMethod):
         from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning, sample_edit
         cond = EditConditioning(batch["vlm_hidden"][:1], refiner=module.refiner, context_mask=batch["vlm_mask"][:1])
         settings = EditSettings(steps=steps, shift=shift, seed=seed, cfg=1.0, progress=False)
-        if self.options.source_conditioning != "concat":
-            return _sample_without_source(module, cond, batch, settings)
-        return sample_edit(module.dit, cond, SourceConditioning(batch["source"][:1]), settings)
-
-
-def _sample_without_source(module, cond, batch, settings):
-    from comfy_kiwi.sampling import flow_sigmas, noise_like, sample_euler
-    x = noise_like(tuple(batch["target"][:1].shape), settings.seed, dtype=module.dit.dtype,
-                   device=batch["target"].device)
-
-    def velocity(x, sigma, i):
-        t = torch.full((1,), 1000.0 * sigma, device=x.device)
-        return module.predict(x, t, module.context({"vlm_hidden": cond.context, "vlm_mask": cond.context_mask}, t),
-                              batch).float()
-    return sample_euler(velocity, x, flow_sigmas(settings.steps, settings.shift), progress=False)
+        concat = self.options.source_conditioning == "concat"
+        return sample_edit(module.dit, cond, SourceConditioning(batch["source"][:1], feed_dit=concat), settings)

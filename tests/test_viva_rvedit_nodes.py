@@ -1,0 +1,90 @@
+"""VIVA and RVEDiT nodes run as ComfyUI loads the pack, on tiny models in their own models folder: loader → encode
+→ sampler, equal to the library call, the shared DiT unchanged afterwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import comfy_harness as H
+from comfy_kiwi import comfy_adapter
+from comfy_kiwi.testing.tiny_release import tiny_kiwi_dit, tiny_video_frames, write_tiny_models_dir
+
+from test_imvideoedit_nodes import ROOT, run
+
+RELEASE = "kiwi-edit-5b-instruct-reference-diffusers"
+OURS = ("KiwiVIVALoader", "KiwiVIVAEncode", "KiwiVIVASampler", "KiwiRVEDiTLoader", "KiwiRVEDiTSampler")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from comfy_kiwi.methods import viva
+    from comfy_kiwi.methods.rvedit_streams import RVEDiTStreams
+    from comfy_kiwi.testing.tiny_qwen import TINY_HIDDEN
+    from comfy_kiwi.testing.tiny_umt5 import write_tiny_umt5
+    models = write_tiny_models_dir(tmp_path_factory.mktemp("viva_nodes") / "models").models_dir
+    (models / "loras").mkdir(exist_ok=True)
+    dit = tiny_kiwi_dit(seed=1)
+    refiner = viva.attach_viva(dit, TINY_HIDDEN)
+    with torch.no_grad():                       # trained-looking weights: the gates are no longer zero
+        for p in [*refiner.parameters(), *dit.source_mixer.parameters()]:
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    viva.save_viva(models / "loras" / "viva_tiny.safetensors", dit, refiner)
+    RVEDiTStreams.for_dit(dit).save(models / "loras" / "rvedit_tiny.safetensors")
+    write_tiny_umt5(models / "text_encoders" / "umt5-tiny", d_model=32)
+    previous = comfy_adapter._models_dir
+    comfy_adapter.set_models_dir(models)
+    try:
+        classes = H.load_pack(ROOT).NODE_CLASS_MAPPINGS
+        dit_h, vae, mllm = run(classes, "KiwiReleaseLoader", RELEASE, "fp32", "cpu", "sdpa")
+        frames = tiny_video_frames(5, 64, 64)
+        (src,) = run(classes, "KiwiEncodeSource", vae, frames, "model default", False)
+        yield {"classes": classes, "dit": dit_h, "mllm": mllm, "frames": frames, "source": src}
+    finally:
+        comfy_adapter.set_models_dir(previous)
+
+
+def test_nodes_are_well_formed_and_registered(env):
+    c = env["classes"]
+    for name in OURS:
+        cls = c[name]
+        assert cls.CATEGORY.startswith("Kiwi Edit/") and cls.DESCRIPTION.strip()
+        specs = {k: v for sec in cls.INPUT_TYPES().values() for k, v in sec.items()}
+        assert all(spec[1]["tooltip"].strip() for spec in specs.values()), name
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+    assert c["KiwiVIVASampler"].INPUT_TYPES()["required"]["cfg"][1]["default"] == 2.0      # VIVA's preset
+
+
+def test_viva_nodes_edit_like_the_library_and_leave_the_dit_alone(env):
+    from comfy_kiwi.methods import viva
+    from comfy_kiwi.pipeline import sample_edit
+    c, dit = env["classes"], env["dit"]
+    (weights,) = run(c, "KiwiVIVALoader", "viva_tiny.safetensors", dit)
+    (cond,) = run(c, "KiwiVIVAEncode", env["mllm"], weights, env["frames"], "Make the square red.", True)
+    assert cond.refiner is weights.refiner and cond.negative is not None
+    (lat,) = run(c, "KiwiVIVASampler", dit, weights, cond, env["source"], 0, 2, 5.0, 2.0)
+    assert lat.shape == env["source"].source_latents.shape and torch.isfinite(lat).all()
+    assert dit.model.source_mixer is None and dit.model.source_mode == "add_sigma"     # restored
+    with viva.applied(dit.model, weights):
+        ref = sample_edit(dit.model, cond, env["source"], viva.viva_settings(steps=2, progress=False))
+    assert torch.allclose(lat, ref.float())
+    with pytest.raises(Exception, match="not a VIVA encoding"):
+        run(c, "KiwiVIVASampler", dit, weights, type(cond)(cond.context), env["source"], 0, 2, 5.0, 1.0)
+
+
+def test_rvedit_nodes_route_and_match_the_library(env):
+    from comfy_kiwi.methods.rvedit import CrossAttentionTap
+    c, dit = env["classes"], env["dit"]
+    (streams,) = run(c, "KiwiRVEDiTLoader", "rvedit_tiny.safetensors", dit, -1)
+    assert streams.split == len(dit.model.blocks) // 2
+    (cond,) = run(c, "KiwiMLLMEncode", env["mllm"], env["frames"], "Make the square red.", False)
+    (umt5,) = run(c, "KiwiUMT5Loader", "umt5-tiny", "fp32", "cpu")
+    (caption,) = run(c, "KiwiUMT5Encode", umt5, "a red square on a white background", 16)
+    n = len(dit.model.blocks)
+    with CrossAttentionTap(dit.model, range(n), capture="input") as tap:
+        (lat,) = run(c, "KiwiRVEDiTSampler", dit, streams, cond, env["source"], 0, 2, 5.0, 1.0, caption)
+    assert torch.isfinite(lat).all()
+    for i in range(n):                           # shallow blocks: X_e only; deep blocks: X_e + X_v + X_ℓ
+        length = tap.inputs[i][1].shape[1]
+        assert (length == cond.context.shape[1]) == (i < streams.split), (i, length)
+    assert len(dit.model.blocks[0]._forward_pre_hooks) == 0        # routing hooks removed after the run
