@@ -109,3 +109,51 @@ def test_pixel_mask_is_pooled_to_the_latent_grid():
         mask_to_latent_grid(torch.zeros(1, 1, 7, 4, 6), (1, 16, 3, 4, 6))
     with pytest.raises(InputError, match="integer"):
         mask_to_latent_grid(torch.zeros(1, 1, 3, 5, 6), (1, 16, 3, 4, 6))
+
+
+# --- wiring into the DiT, the loader and the sampler --------------------------------------------------
+
+def test_concat_source_mode_is_opt_in_and_round_trips_through_the_loader(tmp_path):
+    from comfy_kiwi.loading.dit_loader import describe_dit, load_dit
+    from comfy_kiwi.testing import tiny_dit as td
+    model = tiny_dit("2.1", seed=1)
+    assert model.source_mode == "add_sigma" and not any(k.startswith("source_mixer.") for k in model.state_dict())
+    inp = td.random_inputs(model)
+    src = torch.randn_like(inp["latents"])
+    base = model(**inp)
+    model.attach_channel_concat_source()
+    assert torch.equal(model(**inp, source_latents=src), base)            # P = [I | 0] at start
+    with torch.no_grad():
+        model.source_mixer.projector.weight[:, model.config.dim:].normal_(0, 0.05)
+    moved = model(**inp, source_latents=src)
+    assert not torch.allclose(moved, base)
+    path = td.write_original_file(model, tmp_path / "viva_dit.safetensors", state=dict(model.state_dict()))
+    loaded = load_dit(path)
+    assert loaded.source_mode == "concat" and describe_dit(path)["has_concat_source"]
+    assert torch.equal(loaded(**inp, source_latents=src), moved)
+    plain = load_dit(td.write_original_file(tiny_dit("2.1", seed=1), tmp_path / "base.safetensors"))
+    assert plain.source_mixer is None and plain.source_mode == "add_sigma"
+    with pytest.raises(InputError, match="source_mode"):
+        plain.source_mode = "sideways"
+
+
+def test_sampler_refines_the_context_at_every_step_without_the_kv_cache():
+    from comfy_kiwi.methods.viva import attach_viva, viva_settings
+    from comfy_kiwi.pipeline import EditConditioning, SourceConditioning, sample_edit
+    model = tiny_dit("2.1", seed=2)
+    refiner = attach_viva(model, in_dim=24)
+    seen = []
+    original = refiner.refine
+
+    def spy(hidden, t, mask=None):
+        seen.append((float(torch.as_tensor(t).reshape(-1)[0]), hidden.shape[1], model.kv_cache))
+        return original(hidden, t, mask)
+    refiner.refine = spy
+    hidden, neg = torch.randn(1, 5, 24), torch.randn(1, 3, 24)
+    cond = EditConditioning(hidden, neg, refiner=refiner, context_mask=torch.ones(1, 5, dtype=torch.bool),
+                            negative_mask=torch.ones(1, 3, dtype=torch.bool))
+    src = SourceConditioning(torch.randn(1, 16, 2, 6, 10))
+    out = sample_edit(model, cond, src, viva_settings(steps=3, progress=False))
+    assert out.shape == (1, 16, 2, 6, 10)
+    assert len(seen) == 6 and len({t for t, _, _ in seen}) == 3          # positive + negative at each of 3 steps
+    assert {n for _, n, _ in seen} == {5, 3} and all(kv is None for *_, kv in seen)
