@@ -3,8 +3,11 @@
 - Kiwi-Edit    comfy_kiwi.mllm (KIWI_EDIT preset), models.conditioning + WanDiT (σ-scaled source, reference
                tokens), pipeline.EditPipeline
 - InstructX    comfy_kiwi.mllm.config.INSTRUCTX, comfy_kiwi.long_video (sliding windows)
-- VIVA         methods.viva_refiner, methods.viva_source, methods.viva_loss, methods.flow_grpo (Edit-GRPO)
-- RVEDiT       methods.rvedit (routed conditioning, attention tap, InfoNCE alignment)
+- VIVA         methods.viva (attach, weights, sampler conditioning), viva_refiner, viva_source, viva_loss,
+               mllm.instructor (VLM last hidden states); Edit-GRPO: methods.flow_grpo (math), methods.edit_grpo
+               (rollouts, policy loss)
+- RVEDiT       methods.rvedit (routed conditioning, attention tap, InfoNCE alignment), methods.rvedit_streams
+               (X_e / X_v / X_ℓ, trainable X_v embedder)
 - ImVideoEdit  methods.imvideoedit (Predict-Update modules), methods.imvideoedit_pipeline (inference)
 
 Add-ons attach to a base Wan DiT without changing its weights or key layout. docs/METHODS.md maps

@@ -203,7 +203,7 @@ def combined_reward(instruction_following, source_preservation, preference, conf
     return config.w_if * parts[0] + config.w_sp * parts[1] + config.w_ps * parts[2]
 
 
-# Where each default comes from (see docs/METHODS_viva_rvedit.md).
+# Where each default comes from (see docs/METHODS.md).
 VIVA, FLOW_GRPO, OURS = "VIVA", "Flow-GRPO", "our choice"
 
 # Suffixes of the DiT's linear layers that take LoRA: ``blocks.N.<suffix>`` in the original key layout.
