@@ -31,6 +31,16 @@ def env(tmp_path_factory):
             p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     viva.save_viva(models / "loras" / "viva_tiny.safetensors", dit, refiner)
     RVEDiTStreams.for_dit(dit).save(models / "loras" / "rvedit_tiny.safetensors")
+    # an Edit-GRPO LoRA as the trainer writes it (ComfyUI keys, VIVA's self/cross-attention targets)
+    from safetensors.torch import save_file
+    from comfy_kiwi.methods.flow_grpo import LORA_TARGETS
+    from comfy_kiwi.training.dit_lora_train import DiTLoraAdapter
+    adapter = DiTLoraAdapter(dit, 4, 8.0, LORA_TARGETS)
+    with torch.no_grad():
+        for pair in adapter.pairs:
+            pair.lora_B.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    save_file(adapter.comfyui_state_dict(), str(models / "loras" / "edit_grpo_tiny.safetensors"))
+    adapter.detach()
     write_tiny_umt5(models / "text_encoders" / "umt5-tiny", d_model=32)
     previous = comfy_adapter._models_dir
     comfy_adapter.set_models_dir(models)
@@ -88,3 +98,15 @@ def test_rvedit_nodes_route_and_match_the_library(env):
         length = tap.inputs[i][1].shape[1]
         assert (length == cond.context.shape[1]) == (i < streams.split), (i, length)
     assert len(dit.model.blocks[0]._forward_pre_hooks) == 0        # routing hooks removed after the run
+
+
+def test_edit_grpo_lora_samples_through_the_lora_loader_and_the_viva_sampler(env):
+    c, dit = env["classes"], env["dit"]
+    (weights,) = run(c, "KiwiVIVALoader", "viva_tiny.safetensors", dit)
+    (cond,) = run(c, "KiwiVIVAEncode", env["mllm"], weights, env["frames"], "Make the square red.", True)
+    (plain,) = run(c, "KiwiVIVASampler", dit, weights, cond, env["source"], 0, 2, 5.0, 2.0)
+    (with_lora,) = run(c, "KiwiLoraLoader", dit, "edit_grpo_tiny.safetensors", 1.0)
+    (tuned,) = run(c, "KiwiVIVASampler", with_lora, weights, cond, env["source"], 0, 2, 5.0, 2.0)
+    assert torch.isfinite(tuned).all() and not torch.allclose(plain, tuned)
+    (again,) = run(c, "KiwiVIVASampler", dit, weights, cond, env["source"], 0, 2, 5.0, 2.0)
+    assert torch.equal(plain, again)                       # the LoRA was removed after its run
