@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (CATEGORY_SAMPLING, KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_MLLM, KIWI_SOURCE, as_frames,
+from .common import (KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_MLLM, KIWI_SOURCE, as_frames,
                      files_fingerprint, kiwi, single_image, tip)
 
 KIWI_VIVA = "KIWI_VIVA"

@@ -87,8 +87,8 @@ def test_edit_grpo_trains_only_the_lora_through_the_trainer(tmp_path):
             "group_size": 2, "sampling_steps": 2, "lora_rank": 4, "lora_alpha": 8.0, "reward_max_frames": 2}
     cfg = load_config(tiny_preset("edit-grpo-viva-5b", tmp_path / "run", models, data,
                                   schedule={"max_steps": 2}, method={"options": opts}))
-    before = {k: v.clone() for k, v in __import__("comfy_kiwi.loading.dit_loader", fromlist=["load_dit"])
-              .load_dit(models["dit"], dtype=torch.float32).state_dict().items()}
+    from comfy_kiwi.loading.dit_loader import load_dit
+    before = {k: v.clone() for k, v in load_dit(models["dit"], dtype=torch.float32).state_dict().items()}
     result = train(cfg, log=lambda *a: None)
     module = result["module"]
     assert result["step"] == 2 and module.last_rewards.shape == (1, 2)

@@ -47,12 +47,11 @@ def test_viva_trains_and_samples(tiny):
     for k, v in refiner.state_dict().items():
         assert torch.equal(v, module.refiner.state_dict()[k])
     # inference through the trainer's sample hook (library sampler, refiner per step)
-    from trainer.data.cache import to_device
+    from trainer.data.cache import CachedDataset, to_device
     from trainer.methods import get_method
     method = get_method("viva")(cfg)
-    ds = __import__("trainer.data.cache", fromlist=["CachedDataset"])
-    cache = sorted((cfg.cache_dir).glob("latents-*.safetensors"))[-1]
-    batch = to_device(method.collate([ds.CachedDataset(cache)[0]]), "cpu")
+    cache = sorted(cfg.cache_dir.glob("latents-*.safetensors"))[-1]
+    batch = to_device(method.collate([CachedDataset(cache)[0]]), "cpu")
     lat = method.sample(module, batch, steps=2, shift=5.0, seed=0)
     assert lat.shape == batch["target"][:1].shape and torch.isfinite(lat).all()
 
