@@ -97,3 +97,11 @@ def test_edit_grpo_trains_only_the_lora_through_the_trainer(tmp_path):
             assert torch.equal(v, before[k]), k               # the base DiT never changes
     assert any(float(p.lora_B.detach().abs().sum()) > 0 for p in module.adapter.pairs)
     assert (cfg.output_dir / "edit-grpo-lora.safetensors").is_file()
+    # inference with the trained LoRA through the method's sample hook (the library sampler's VIVA path)
+    from trainer.data.cache import CachedDataset, to_device
+    from trainer.methods import get_method
+    method = get_method("edit-grpo")(cfg)
+    cache = sorted(cfg.cache_dir.glob("latents-*.safetensors"))[-1]
+    batch = to_device(method.collate([CachedDataset(cache)[0]]), "cpu")
+    lat = method.sample(module, batch, steps=2, shift=5.0, seed=0)
+    assert lat.shape == batch["target"][:1].shape and torch.isfinite(lat).all()
