@@ -62,3 +62,14 @@ def test_masked_loss_column_reaches_the_loss(tiny):
     ones = torch.ones(1, 1, 2, 2, 2)
     plain = masked_flow_matching_loss(pred, target)
     assert torch.allclose(masked_flow_matching_loss(pred, target, ones, w_m=1.0), 2 * plain)
+
+
+def test_viva_full_dit_without_source_conditioning(tiny):
+    root, models, data = tiny
+    cfg = load_config(tiny_preset("viva-wan2.2-5b", root / "full", models, data, schedule={"max_steps": 1},
+                                  method={"options": {"train_dit": True, "source_conditioning": "none"}}))
+    result = train(cfg, log=lambda *a: None)
+    module = result["module"]
+    assert module.dit.source_mixer is None and module.dit.source_mode == "add_sigma"
+    assert (cfg.output_dir / "viva-dit.safetensors").is_file() and (cfg.output_dir / "viva.safetensors").is_file()
+    assert any(p.requires_grad for p in module.dit.blocks.parameters())
