@@ -28,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .edit_command import add_edit_parser
     from .judging.judge_command import add_judge_parser
     from .memory.plan_command import add_plan_parser
+    from .toy.command import add_toy_data_parser
     add_edit_parser(sub)
     add_judge_parser(sub)
     add_plan_parser(sub)
+    add_toy_data_parser(sub)
     return p
 
 

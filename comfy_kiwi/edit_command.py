@@ -20,9 +20,10 @@ def add_edit_parser(sub) -> None:
     d = EditSettings()
     p = sub.add_parser("edit", help="edit a video (or image) with an instruction and an optional reference",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", default=None,
                    help="a Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...); with --imvideoedit, "
-                        "the Wan2.1 T2V DiT (file or folder) the ImVideoEdit weights were trained on")
+                        "the Wan2.1 T2V DiT (file or folder) the ImVideoEdit weights were trained on; "
+                        "default: the embedded toy model (edits toy-world videos, see docs/TOY_BENCHMARK.md)")
     p.add_argument("--video", required=True, help="source video (mp4, webm, ...) or image")
     p.add_argument("--instruction", required=True,
                    help='e.g. "replace the sofa with a brown leather one"; with --imvideoedit, the caption of the '
@@ -94,12 +95,19 @@ def run_edit(args) -> int:
     settings = EditSettings(steps=args.steps, shift=args.shift, schedule=args.schedule, cfg=args.cfg,
                             seed=args.seed, denoise=args.denoise, max_pixels=args.max_pixels,
                             num_frames=max_frames, vae_tiled=args.tiled_vae, block_swap=args.block_swap)
-    print(f"loading {args.model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
+    from .toy import cli_hooks as toy
+    if args.imvideoedit and args.model is None:
+        raise InputError("--imvideoedit needs --model: the Wan2.1 T2V DiT the ImVideoEdit weights were trained on.")
+    toy_model = toy.toy_model_folder(args.model)      # None unless --model is absent or a toy folder
+    print(f"loading {toy_model or args.model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
     if args.imvideoedit:
         result = _run_imvideoedit(args, frames, settings, dtype, device)
     else:
-        pipe = EditPipeline.from_pretrained(args.model, dtype=dtype, device=device, attention=args.attention,
-                                            dit_device="cpu" if args.block_swap else None)
+        if toy_model is not None:
+            pipe, frames = toy.load_pipeline(toy_model, device, dtype), toy.prepare_frames(frames)
+        else:
+            pipe = EditPipeline.from_pretrained(args.model, dtype=dtype, device=device, attention=args.attention,
+                                                dit_device="cpu" if args.block_swap else None)
         if args.window is not None:
             from .long_video import edit_long_video
             edited = edit_long_video(pipe, frames, args.instruction, refs, settings, window=args.window)
@@ -116,9 +124,11 @@ def run_edit(args) -> int:
     if args.save_latents:
         save_file({"latents": result.latents.float().cpu().contiguous(),
                    "context": result.context.float().cpu().contiguous()}, args.save_latents)
-    print(json.dumps({"out": str(out), "frames": int(result.frames.shape[0]),
-                      "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
-                      "latents": None if result.latents is None else list(result.latents.shape)}))
+    report = {"out": str(out), "frames": int(result.frames.shape[0]),
+              "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
+              "latents": None if result.latents is None else list(result.latents.shape)}
+    report.update(toy.judge_report(args.video, args.instruction, refs, result.frames))   # toy videos only
+    print(json.dumps(report))
     return 0
 
 

@@ -113,3 +113,15 @@ def test_toy_tokenizer_covers_every_template_word():
     for seed in range(30):
         assert UNKNOWN_TOKEN not in tok.tokenize(make_example(seed).instruction)
     assert tok.tokenize("make the red circle <|object_ref_start|>")[-1] == "<|object_ref_start|>"
+
+
+def test_toy_data_command_writes_a_kiwi_csv(tmp_path, capsys):
+    import csv
+
+    from comfy_kiwi.cli import main
+    assert main(["toy-data", "--out", str(tmp_path / "ref"), "--dataset", "reference", "--count", "2"]) == 0
+    rows = list(csv.reader(open(tmp_path / "ref" / "metadata.csv")))
+    assert rows[0] == ["src_video", "tgt_video", "prompt", "ref_image"] and len(rows) == 3
+    assert all((tmp_path / "ref" / name).is_file() for row in rows[1:] for name in (row[0], row[1], row[3]))
+    assert main(["toy-data", "--out", str(tmp_path / "img"), "--dataset", "image", "--count", "1"]) == 0
+    assert (tmp_path / "img" / "metadata.csv").read_text().splitlines()[0] == "src_video,tgt_video,prompt"

@@ -203,16 +203,16 @@ def _download_note(kinds) -> str:
 
 
 def _edit_chain(g: Graph, loader: dict, frames: dict, instruction: str, y: int = 60, reference: dict | None = None,
-                steps: int = 50, reference_output: str = "IMAGE"):
+                steps: int = 50, reference_output: str = "IMAGE", frames_output: str = "images"):
     """MLLM encode + source encode + sampler + decode, wired to a release loader and prepared frames."""
     enc = g.add("KiwiMLLMEncode", (760, y), {"instruction": instruction, "encode_negative": False}, width=360)
     src = g.add("KiwiEncodeSource", (760, y + 250), {"reference_position": "model default", "tiled": False})
     smp = g.add("KiwiSampler", (1160, y), dict(SAMPLER, steps=steps))
     dec = g.add("KiwiVAEDecode", (1160, y + 300), {"tiled": False})
     g.link(loader, "mllm", enc, "mllm")
-    g.link(frames, "images", enc, "source")
+    g.link(frames, frames_output, enc, "source")
     g.link(loader, "vae", src, "vae")
-    g.link(frames, "images", src, "source")
+    g.link(frames, frames_output, src, "source")
     if reference is not None:
         g.link(reference, reference_output, enc, "reference")
         g.link(reference, reference_output, src, "reference")
@@ -439,6 +439,45 @@ def edit_then_judge(pack) -> Graph:
     return g
 
 
+def _toy_edit(pack, reference: bool) -> Graph:
+    """The embedded toy model edits a toy example, the toy judge scores it against the ground truth."""
+    g = Graph(pack)
+    kind = "any with reference" if reference else "any without reference"
+    seed = 2000000
+    g.add("Note", (20, 60), {"text": "Toy world: the embedded toy Kiwi model (a few MB, trained by comfy-kiwi on "
+                                     "coloured shapes) edits a generated toy video; the Kiwi Toy Judge scores "
+                                     "the result against the exact ground truth. No downloads needed.\n\n"
+                                     "Change the seed for another example. docs/TOY_BENCHMARK.md of comfy-kiwi."},
+          width=320, height=230)
+    loader = g.add("KiwiToyModelLoader", (360, 60), {})
+    example = g.add("KiwiToyExample", (20, 420), {"seed": seed, "kind": kind}, width=300)
+    # the instruction the example node will output, shown in the encode node's (socket-driven) widget
+    instruction = pack.NODE_CLASS_MAPPINGS["KiwiToyExample"]().make(seed, kind)[1]
+    dec = _edit_chain(g, loader, example, instruction, steps=50, reference=example if reference else None,
+                      reference_output="reference", frames_output="source")
+    encode = next(n for n in g.nodes if n["type"] == "KiwiMLLMEncode")
+    g.link(example, "instruction", encode, "instruction")      # the widget becomes a socket
+    judge = g.add("KiwiToyJudge", (1560, 60), {}, width=300)
+    g.link(dec, "images", judge, "edited")
+    g.link(example, "example", judge, "example")
+    scores = g.add("PreviewAny", (1900, 60), {}, title="Toy judge scores", width=360)
+    g.link(judge, "report", scores, "source")
+    show = g.add("PreviewImage", (1560, 300), {}, title="Edited frames", width=300)
+    g.link(dec, "images", show, "images")
+    truth = g.add("PreviewImage", (1560, 560), {}, title="Ground truth", width=300)
+    g.link(example, "target", truth, "images")
+    g.group("Toy judge", [judge, scores, show, truth], "#3a8a4a")
+    return g
+
+
+def toy_edit(pack) -> Graph:
+    return _toy_edit(pack, reference=False)
+
+
+def toy_reference_edit(pack) -> Graph:
+    return _toy_edit(pack, reference=True)
+
+
 WORKFLOWS = {
     "kiwi_instruction_video_edit.json": instruction_video_edit,
     "kiwi_reference_video_edit.json": reference_video_edit,
@@ -446,6 +485,8 @@ WORKFLOWS = {
     "kiwi_all_parts.json": all_parts,
     "kiwi_reference_synthesis_then_edit.json": reference_synthesis_then_edit,
     "kiwi_edit_then_judge.json": edit_then_judge,
+    "toy_edit.json": toy_edit,
+    "toy_reference_edit.json": toy_reference_edit,
 }
 
 

@@ -24,6 +24,7 @@ from .world import FPS, PALETTE_RGB, ToyExample, ToyObject, ToyScene, apply_edit
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 DEMO_VIDEO = EXAMPLES_DIR / "toy_scene.mp4"
 DEMO_INSTRUCTION = "make the red circle blue"
+DEMO_SEED = 2000528          # a demo-split recolour example whose instruction is DEMO_INSTRUCTION
 SIDECAR_SUFFIX = ".toy.json"
 
 
@@ -61,6 +62,12 @@ def write_example_video(path, example: ToyExample) -> Path:
         from ..frames import tensor_to_pil as to_pil
         to_pil(_to_tensor(example.reference)).save(path.with_name(path.stem + "_ref.png"))
     return path
+
+
+def write_demo_video(path=DEMO_VIDEO) -> Path:
+    """(Re)write the bundled demo video and its sidecar."""
+    from .world import make_example
+    return write_example_video(path, make_example(DEMO_SEED, kinds=("recolour",)))
 
 
 def snap_to_palette(frames: torch.Tensor) -> torch.Tensor:

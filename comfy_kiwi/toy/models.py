@@ -34,6 +34,7 @@ class ToyModelConfig:
     dit_ffn: int = 384
     dit_heads: int = 4
     dit_layers: int = 3
+    dit_patch: tuple = (1, 2, 2)
     llm_hidden: int = 64
     llm_layers: int = 2
     llm_heads: int = 4
@@ -44,7 +45,8 @@ class ToyModelConfig:
     def dit_config(self) -> WanDiTConfig:
         # text_dim ≠ dim so the DiT takes the MLLM context directly (the umT5 path stays unused)
         return WanDiTConfig(dim=self.dit_dim, ffn_dim=self.dit_ffn, num_heads=self.dit_heads,
-                            num_layers=self.dit_layers, in_dim=Z_DIM, out_dim=Z_DIM, text_dim=32, freq_dim=64)
+                            num_layers=self.dit_layers, in_dim=Z_DIM, out_dim=Z_DIM, text_dim=32, freq_dim=64,
+                            patch_size=tuple(self.dit_patch))
 
     def encoder_config(self) -> MLLMEncoderConfig:
         n = self.num_queries
@@ -141,15 +143,20 @@ def build_toy_dit(cfg: ToyModelConfig = ToyModelConfig(), seed: int = 0, in_dim:
 
 
 def _init_dit_(dit: WanDiT) -> None:
-    """Wan-style init for training from scratch: Xavier linears, zero biases, small modulation,
-    zero head so the first prediction is 0."""
+    """adaLN-Zero init for training from scratch (as DiTs trained from scratch do): Xavier linears, zero
+    biases, time projection zeroed and block gates zeroed so every block starts as the identity, zero
+    head so the first prediction is 0. (Random gates made each block add noise to the token stream and
+    the toy model learned several times slower.)"""
     for m in dit.modules():
         if isinstance(m, torch.nn.Linear):
             torch.nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 torch.nn.init.zeros_(m.bias)
-    for name, p in dit.named_parameters():
-        if name.endswith("modulation"):
-            torch.nn.init.normal_(p, std=dit.config.dim ** -0.5)
+    proj = dit.time_projection[1]
+    torch.nn.init.zeros_(proj.weight)
+    torch.nn.init.zeros_(proj.bias)
+    for block in dit.blocks:
+        torch.nn.init.zeros_(block.modulation)          # shift, scale, gate × 2: all 0 → identity block
+    torch.nn.init.zeros_(dit.head.modulation)
     torch.nn.init.zeros_(dit.head.head.weight)
     torch.nn.init.zeros_(dit.head.head.bias)

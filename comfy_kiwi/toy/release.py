@@ -4,7 +4,7 @@ The folder is a normal release folder — ``transformer/`` (diffusers keys), ``s
 ``ref_embedder/``, ``mllm_encoder/`` (legacy Qwen keys + queries/connectors), ``processor/`` — except
 ``vae/``, which holds only ``config.json`` naming the toy patch codec (``codec.py``). The project's
 DiT and MLLM loaders read it unchanged; :func:`load_toy_pipeline` adds the codec. The embedded default
-lives in ``comfy_kiwi/toy/default_model/`` (float32, about 3.5 MB).
+lives in ``comfy_kiwi/toy/default_model/`` (DiT in float16, the rest float32: about 5 MB).
 """
 
 from __future__ import annotations
@@ -40,14 +40,18 @@ def _write_processor(folder: Path, encoder) -> None:
     (folder / "qwen_config.json").write_text(json.dumps(qwen_cfg, indent=2, default=str))
 
 
-def write_toy_release(root, dit, encoder, train_info: dict | None = None) -> Path:
-    """Write trained toy models (``sigma_add`` source mode: the release's) as a release folder."""
-    from ..testing.tiny_dit import write_kiwi_release
+def write_toy_release(root, dit, encoder, train_info: dict | None = None,
+                      dit_dtype: torch.dtype = torch.float16) -> Path:
+    """Write trained toy models (``sigma_add`` source mode: the release's) as a release folder. The DiT
+    is stored in ``dit_dtype`` (float16 halves the package size; loaders upcast it)."""
+    from ..testing.tiny_dit import write_diffusers_folder, write_kiwi_release
     from ..testing.tiny_qwen import legacy_qwen_state
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
     write_kiwi_release(dit, root, reference_first=False, with_reference=dit.ref_embedder is not None)
+    shutil.rmtree(root / "transformer")
+    write_diffusers_folder(dit, root / "transformer", dtype=dit_dtype)
     write_codec_folder(root / "vae")
     enc_dir = root / "mllm_encoder"
     enc_dir.mkdir(parents=True, exist_ok=True)

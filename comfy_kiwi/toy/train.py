@@ -32,16 +32,18 @@ KIWI_STAGES = ((("image",), None), (("image", "video"), (1, 1)), (("image", "vid
 
 @dataclass
 class ToyTrainConfig:
-    steps: int = 1500                   # optimizer steps over all stages
+    steps: int = 2400                   # optimizer steps over all stages
     stage_shares: tuple = (0.15, 0.35, 0.5)
     batch: int = 8                      # samples per micro-batch
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     decay: float = 0.3                  # share of the last steps over which the lr falls linearly to 5 %
     source_mode: str = "sigma_add"
     datasets: tuple = ("image", "video", "reference")   # drop "image" for the no-co-training ablation
-    pool: int = 400                     # training examples per dataset (seed split "train")
+    pool: int = 1000                    # training examples per dataset (seed split "train")
     shift: float = 5.0
+    loss_weighting: str = "kiwi"        # "kiwi" (Gaussian in t, the release) or "uniform"
+    embedder_init: str = "random"       # source/reference embedders and connector outputs: "zero" (Kiwi) or "random"
     seed: int = 0
     threads: int = 2
     model: ToyModelConfig = field(default_factory=ToyModelConfig)
@@ -52,6 +54,9 @@ class ToyTrainConfig:
         if unknown or not self.datasets:
             raise InputError(f"toy training datasets must be a non-empty subset of {list(DATASETS)}, got "
                              f"{list(self.datasets)}.")
+        if self.loss_weighting not in ("kiwi", "uniform") or self.embedder_init not in ("zero", "random"):
+            raise InputError(f"loss_weighting must be kiwi/uniform and embedder_init zero/random, got "
+                             f"{self.loss_weighting!r}, {self.embedder_init!r}.")
         if len(self.stage_shares) != 3 or abs(sum(self.stage_shares) - 1) > 1e-6:
             raise InputError(f"stage_shares needs three shares summing to 1, got {self.stage_shares}.")
 
@@ -83,7 +88,20 @@ class ToyModels:
 
 def build_models(cfg: ToyTrainConfig) -> ToyModels:
     dit = build_toy_dit(cfg.model, cfg.seed, in_dim=dit_in_dim(cfg.source_mode, Z_DIM))
-    return ToyModels(dit, build_toy_mllm(cfg.model, cfg.seed), cfg.source_mode)
+    encoder = build_toy_mllm(cfg.model, cfg.seed)
+    if cfg.embedder_init == "random":
+        # Kiwi zero-initialises the embedders and the connectors' last layers so a pretrained DiT starts
+        # unchanged; toy models trained from scratch have nothing to keep, and live source and
+        # instruction paths from step 0 learn much sooner (zero paths left the DiT hedging for hundreds
+        # of steps between "copy the source" and the average edit).
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(cfg.seed + 1)
+            layers = [dit.source_embedder.patch_embedding, dit.ref_embedder.patch_embedding, encoder.connector[2]]
+            if encoder.ref_connector is not None:
+                layers.append(encoder.ref_connector[2])
+            for layer in layers:
+                layer.weight.copy_(torch.randn_like(layer.weight) / layer.weight[0].numel() ** 0.5)
+    return ToyModels(dit, encoder, cfg.source_mode)
 
 
 def _lr_factor(step: int, total: int, decay: float) -> float:
@@ -92,7 +110,8 @@ def _lr_factor(step: int, total: int, decay: float) -> float:
     return constant_lr_warmup(step) * tail
 
 
-def training_loss(models: ToyModels, samples, generator: torch.Generator, shift: float) -> torch.Tensor:
+def training_loss(models: ToyModels, samples, generator: torch.Generator, shift: float,
+                  weighting: str = "kiwi") -> torch.Tensor:
     """Kiwi flow-matching loss of one micro-batch (samples of one dataset)."""
     x0 = stack(samples, "target")
     ids = sample_timestep_ids(x0.shape[0], generator)
@@ -102,7 +121,8 @@ def training_loss(models: ToyModels, samples, generator: torch.Generator, shift:
     ctx = encode_contexts(models.encoder, samples)
     pred = dit_velocity(models.dit, x_t, t, sigma, ctx, stack(samples, "source"), stack(samples, "reference"),
                         models.source_mode)
-    return kiwi_loss(pred, target, weight_for_timestep(t, shift))
+    weight = weight_for_timestep(t, shift) if weighting == "kiwi" else torch.ones(())
+    return kiwi_loss(pred, target, weight)
 
 
 def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, models: ToyModels | None = None):
@@ -134,7 +154,7 @@ def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, mod
                 d, _item = next(picks)
                 pool = pools[names[d]]
                 idx = torch.randint(len(pool), (cfg.batch,), generator=g).tolist()
-                loss = training_loss(models, [pool[i] for i in idx], g, cfg.shift)
+                loss = training_loss(models, [pool[i] for i in idx], g, cfg.shift, cfg.loss_weighting)
                 (loss / mix.grad_accumulation).backward()
                 losses[names[d]] = float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,154 @@
+"""Toy editing benchmark: the Kiwi stack learns to edit on a CPU, and which design choices matter.
+
+    python bench/toy_edit.py                      # every run (2 at a time), then the report
+    python bench/toy_edit.py --runs kiwi --export # only the default run; also writes the shipped model
+    python bench/toy_edit.py --report             # table + plot from the runs already in --out
+
+Each run trains toy models from scratch with ``comfy_kiwi.toy.train`` (Kiwi numerics and curriculum),
+scores held-out toy edits (seed split "test") with the toy judge every ``--eval-every`` steps (20 sampling
+steps, ``--curve-count`` examples per dataset), and finally with the command line's sampling settings
+(50 steps, ``--final-count`` examples per dataset). Runs (the papers' ablations at toy scale):
+
+- ``kiwi``: σ-scaled source add, image + video + reference data (the shipped default)
+- ``plain_add`` / ``concat`` / ``none``: other source injections (same data)
+- ``no_image``: σ-scaled add without image co-training (video + reference data only)
+- ``image_only``: image pairs only (ImVideoEdit's data regime), evaluated on videos too
+
+Baselines: ``identity`` (return the source unchanged) and ``random`` (untrained model with random
+weights). Output in ``--out``: one JSON per run, ``results.md`` (table) and ``toy_edit.png`` (curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RUNS = {
+    "kiwi": {},
+    "plain_add": {"source_mode": "plain_add"},
+    "concat": {"source_mode": "concat"},
+    "none": {"source_mode": "none"},
+    "no_image": {"datasets": ("video", "reference")},
+    "image_only": {"datasets": ("image",)},
+}
+EVAL_DATASETS = ("image", "video", "reference")
+
+
+def _eval_pools(encoder, count: int):
+    from comfy_kiwi.toy.data import dataset_examples, prepare_samples
+    return {name: prepare_samples(dataset_examples(name, "test", count), encoder) for name in EVAL_DATASETS}
+
+
+def run_one(name: str, args) -> dict:
+    import torch
+
+    from comfy_kiwi.toy.evaluate import evaluate
+    from comfy_kiwi.toy.train import ToyTrainConfig, build_models, train
+    torch.set_num_threads(args.threads)
+    cfg = ToyTrainConfig(steps=args.steps, threads=args.threads, seed=args.seed, **RUNS[name])
+    models = build_models(cfg)
+    curve_pools = _eval_pools(models.encoder, args.curve_count)
+
+    def on_eval(step, m):
+        t = time.time()
+        r = evaluate(m.dit, m.encoder, curve_pools, m.source_mode, steps=20, seed=args.seed)
+        print(f"[{name}] eval step {step}: overall {r['all']['overall']:.3f} ({time.time() - t:.0f}s)", flush=True)
+        return r
+
+    models, info = train(cfg, log=lambda s: print(f"[{name}] {s}", flush=True), on_eval=on_eval,
+                         eval_every=args.eval_every, models=models)
+    final = evaluate(models.dit, models.encoder, _eval_pools(models.encoder, args.final_count), models.source_mode,
+                     steps=50, seed=args.seed)
+    info.update(name=name, final=final, final_settings={"steps": 50, "shift": 5.0, "count": args.final_count})
+    if args.export and name == "kiwi":
+        from comfy_kiwi.toy.release import DEFAULT_MODEL_DIR, write_toy_release
+        target = Path(args.export_dir) if args.export_dir else DEFAULT_MODEL_DIR
+        write_toy_release(target, models.dit, models.encoder, {k: info[k] for k in ("config", "seconds", "final")})
+        print(f"[{name}] wrote the toy model to {target}", flush=True)
+    return info
+
+
+def baselines(args) -> dict:
+    import torch
+
+    from comfy_kiwi.toy.evaluate import evaluate, identity_baseline
+    from comfy_kiwi.toy.train import ToyTrainConfig, build_models
+    torch.set_num_threads(args.threads)
+    models = build_models(ToyTrainConfig(seed=args.seed))
+    with torch.no_grad():       # "random model": every weight random (the training init zeroes the head)
+        g = torch.Generator().manual_seed(args.seed)
+        for p in list(models.dit.head.parameters()) + list(models.dit.source_embedder.parameters()) + \
+                list(models.dit.ref_embedder.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    pools = _eval_pools(models.encoder, args.final_count)
+    return {"identity": identity_baseline(pools),
+            "random": evaluate(models.dit, models.encoder, pools, "sigma_add", steps=50, seed=args.seed)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default=",".join(RUNS), help="comma-separated runs: " + ", ".join(RUNS))
+    p.add_argument("--steps", type=int, default=2400, help="optimizer steps per run")
+    p.add_argument("--eval-every", type=int, default=300)
+    p.add_argument("--curve-count", type=int, default=12, help="held-out examples per dataset for the curves")
+    p.add_argument("--final-count", type=int, default=32, help="held-out examples per dataset for the table")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (1 behaves best on a busy CPU)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "toy_edit"))
+    p.add_argument("--export", action="store_true", help="write the kiwi run's model as the embedded default")
+    p.add_argument("--export-dir", default=None, help="write it here instead of comfy_kiwi/toy/default_model")
+    p.add_argument("--report", action="store_true", help="only write the table and plot from --out")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)        # internal: one run in this process
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        result = baselines(args) if args.one == "baselines" else run_one(args.one, args)
+        (out / f"{args.one}.json").write_text(json.dumps(result, indent=2, default=str))
+        return 0
+    if not args.report:
+        names = [n.strip() for n in args.runs.split(",") if n.strip()]
+        unknown = [n for n in names if n not in RUNS]
+        if unknown:
+            p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+        _run_parallel(["baselines", *names], args, argv or sys.argv[1:])
+    from toy_edit_report import write_report    # bench/toy_edit_report.py
+    write_report(out)
+    print(f"wrote {out / 'results.md'} and {out / 'toy_edit.png'}")
+    return 0
+
+
+def _run_parallel(names, args, argv) -> None:
+    """Each run in its own process (``--one``), at most ``--jobs`` at once; logs in --out/NAME.log."""
+    base = [a for a in argv if not a.startswith("--runs")]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    pending, running = list(names), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name = pending.pop(0)
+            log = open(Path(args.out) / f"{name}.log", "w")
+            cmd = [sys.executable, __file__, *base, "--one", name]
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+            print(f"started {name}", flush=True)
+        time.sleep(2)
+        for item in list(running):
+            name, proc, log = item
+            if proc.poll() is not None:
+                log.close()
+                running.remove(item)
+                print(f"finished {name} (exit {proc.returncode})", flush=True)
+                if proc.returncode:
+                    raise SystemExit(f"run {name} failed; see {Path(args.out) / (name + '.log')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
