@@ -93,6 +93,19 @@ def baselines(args) -> dict:
             "random": evaluate(models.dit, models.encoder, pools, "sigma_add", steps=50, seed=args.seed)}
 
 
+def evaluate_release(folder, args) -> dict:
+    """Scores of a saved toy release folder (loaded the way the command line loads it), per denoise value."""
+    import torch
+
+    from comfy_kiwi.toy.evaluate import evaluate
+    from comfy_kiwi.toy.release import load_toy_pipeline
+    torch.set_num_threads(args.threads)
+    pipe = load_toy_pipeline(folder)
+    pools = _eval_pools(pipe.mllm, args.final_count)
+    return {f"denoise {d}": evaluate(pipe.dit, pipe.mllm, pools, "sigma_add", steps=50, seed=args.seed, denoise=d)
+            for d in args.denoise}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default=",".join(RUNS), help="comma-separated runs: " + ", ".join(RUNS))
@@ -107,10 +120,16 @@ def main(argv=None) -> int:
     p.add_argument("--export", action="store_true", help="write the kiwi run's model as the embedded default")
     p.add_argument("--export-dir", default=None, help="write it here instead of comfy_kiwi/toy/default_model")
     p.add_argument("--report", action="store_true", help="only write the table and plot from --out")
+    p.add_argument("--evaluate", default=None, metavar="FOLDER",
+                   help="only score a saved toy model folder (e.g. comfy_kiwi/toy/default_model) on the held-out edits")
+    p.add_argument("--denoise", type=float, nargs="+", default=[1.0], help="with --evaluate: denoise values")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)        # internal: one run in this process
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.evaluate:
+        print(json.dumps(evaluate_release(args.evaluate, args), indent=2))
+        return 0
     if args.one:
         result = baselines(args) if args.one == "baselines" else run_one(args.one, args)
         (out / f"{args.one}.json").write_text(json.dumps(result, indent=2, default=str))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..frames import vae_to_frames
-from ..sampling import flow_sigmas, noise_like, sample_euler
+from ..sampling import flow_sigmas, noise_like, sample_euler, start_latents
 from .codec import ToyPatchCodec
 from .data import ToySample, encode_contexts, stack
 from .judge import mean_scores, score_edit, to_uint8_frames
@@ -20,8 +20,9 @@ from .source_modes import dit_velocity
 
 @torch.no_grad()
 def edit_samples(dit, encoder, samples: list[ToySample], source_mode: str = "sigma_add", steps: int = 20,
-                 shift: float = 5.0, seed: int = 0, batch: int = 16) -> list[np.ndarray]:
-    """Edited frames (uint8 [F, H, W, 3]) of samples that share one dataset (same shapes and mode)."""
+                 shift: float = 5.0, seed: int = 0, batch: int = 16, denoise: float = 1.0) -> list[np.ndarray]:
+    """Edited frames (uint8 [F, H, W, 3]) of samples that share one dataset (same shapes and mode).
+    ``denoise`` < 1 starts from the noised source latents, as ``EditSettings.denoise`` does."""
     codec = ToyPatchCodec()
     was_training = (dit.training, encoder.training)
     dit.eval()
@@ -32,8 +33,10 @@ def edit_samples(dit, encoder, samples: list[ToySample], source_mode: str = "sig
             chunk = samples[lo:lo + batch]
             ctx = encode_contexts(encoder, chunk)
             src, ref = stack(chunk, "source"), stack(chunk, "reference")
-            sigmas = flow_sigmas(steps, shift, "kiwi")
+            sigmas = flow_sigmas(steps, shift, "kiwi", denoise)
             x = noise_like(tuple(src.shape), seed + lo)
+            if denoise < 1.0:
+                x = start_latents(x, float(sigmas[0]), src)
 
             def velocity(x, sigma, i, ctx=ctx, src=src, ref=ref):
                 t = torch.full((x.shape[0],), 1000.0 * sigma)
@@ -50,13 +53,17 @@ def edit_samples(dit, encoder, samples: list[ToySample], source_mode: str = "sig
 
 
 def evaluate(dit, encoder, pools: dict[str, list[ToySample]], source_mode: str = "sigma_add", steps: int = 20,
-             seed: int = 0) -> dict:
+             seed: int = 0, denoise: float = 1.0) -> dict:
     """Mean toy-judge scores per dataset and over all datasets (each dataset weighs the same)."""
-    out = {}
+    out, by_kind = {}, {}
     for name, samples in pools.items():
-        edited = edit_samples(dit, encoder, samples, source_mode, steps, seed=seed)
-        out[name] = mean_scores([score_edit(e, s.example) for e, s in zip(edited, samples)])
+        edited = edit_samples(dit, encoder, samples, source_mode, steps, seed=seed, denoise=denoise)
+        scores = [score_edit(e, s.example) for e, s in zip(edited, samples)]
+        out[name] = mean_scores(scores)
+        for s, sc in zip(samples, scores):
+            by_kind.setdefault(s.example.edit.kind, []).append(sc)
     out["all"] = {k: float(np.mean([out[n][k] for n in pools])) for k in next(iter(out.values()))}
+    out["by_kind"] = {k: mean_scores(v) for k, v in sorted(by_kind.items())}
     return out
 
 

@@ -41,6 +41,9 @@ class ToyModelConfig:
     vision_hidden: int = 32
     num_queries: int = 16          # per mode (image / video / reference)
     mllm_frames: int = 4           # frames the MLLM sees (the DiT sees all of them through the source)
+    # Qwen initialises token embeddings with std 0.02; the vision features it mixes with are O(1), so
+    # an untrained toy LLM would barely carry the instruction words. Unit-scale embeddings fix that.
+    embed_std: float = 1.0
 
     def dit_config(self) -> WanDiTConfig:
         # text_dim ≠ dim so the DiT takes the MLLM context directly (the umT5 path stays unused)
@@ -89,7 +92,7 @@ def toy_qwen_config_dict(cfg: ToyModelConfig, tokenizer) -> dict:
     return {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
         "attention_dropout": 0.0, "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-        "hidden_act": "silu", "hidden_size": cfg.llm_hidden, "initializer_range": 0.02,
+        "hidden_act": "silu", "hidden_size": cfg.llm_hidden, "initializer_range": cfg.llm_hidden ** -0.5,
         "intermediate_size": 2 * cfg.llm_hidden, "max_position_embeddings": 4096, "max_window_layers": cfg.llm_layers,
         "num_attention_heads": cfg.llm_heads, "num_hidden_layers": cfg.llm_layers,
         "num_key_value_heads": cfg.llm_heads, "rms_norm_eps": 1e-6,
@@ -121,6 +124,8 @@ def build_toy_mllm(cfg: ToyModelConfig = ToyModelConfig(), seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(qcfg)
+        with torch.no_grad():
+            model.model.language_model.embed_tokens.weight.normal_(0.0, cfg.embed_std)
     model.eval()
     vision = VisionSettings.from_configs(qcfg.vision_config, _preprocessor_configs()[0])
     processor = PromptProcessor(tokenizer, CHAT_TEMPLATE, vision, cfg.encoder_config().placeholder_token)
