@@ -1,13 +1,15 @@
 """Toy editing benchmark: the Kiwi stack learns to edit on a CPU, and which design choices matter.
 
-    python bench/toy_edit.py                      # every run (2 at a time), then the report
-    python bench/toy_edit.py --runs kiwi --export # only the default run; also writes the shipped model
-    python bench/toy_edit.py --report             # table + plot from the runs already in --out
+    python bench/toy_edit.py --export             # everything (2 runs at a time, ~1 h), then the report
+    python bench/toy_edit.py --runs kiwi --export # only the shipped model's run (and the baselines)
+    python bench/toy_edit.py --report             # tables + plot from the runs already in --out
+    python bench/toy_edit.py --evaluate comfy_kiwi/toy/default_model   # score the shipped folder
 
 Each run trains toy models from scratch with ``comfy_kiwi.toy.train`` (Kiwi numerics and curriculum),
-scores held-out toy edits (seed split "test") with the toy judge every ``--eval-every`` steps (20 sampling
+scores held-out toy edits (seed split "test") with the toy judge every 250 (200) steps (20 sampling
 steps, ``--curve-count`` examples per dataset), and finally with the command line's sampling settings
-(50 steps, ``--final-count`` examples per dataset). Runs (the papers' ablations at toy scale):
+(50 steps; ``--final-count`` examples per dataset, 16 for ablations). The shipped model's run has
+``--steps`` (1500); every ablation, the Kiwi configuration included, ``--ablation-steps`` (400). Runs:
 
 - ``kiwi``: σ-scaled source add, image + video + reference data (the shipped default)
 - ``plain_add`` / ``concat`` / ``none``: other source injections (same data)
@@ -15,7 +17,8 @@ steps, ``--curve-count`` examples per dataset), and finally with the command lin
 - ``image_only``: image pairs only (ImVideoEdit's data regime), evaluated on videos too
 
 Baselines: ``identity`` (return the source unchanged) and ``random`` (untrained model with random
-weights). Output in ``--out``: one JSON per run, ``results.md`` (table) and ``toy_edit.png`` (curves).
+weights). Output in ``--out``: one JSON per run (ablations in ``ablations/``), ``results.md`` (tables) and
+``toy_edit.png`` (curves).
 """
 
 from __future__ import annotations
@@ -108,9 +111,11 @@ def evaluate_release(folder, args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", default=",".join(RUNS), help="comma-separated runs: " + ", ".join(RUNS))
-    p.add_argument("--steps", type=int, default=2400, help="optimizer steps per run")
-    p.add_argument("--eval-every", type=int, default=300)
+    p.add_argument("--runs", default="kiwi," + ",".join(RUNS),
+                   help="comma-separated jobs: kiwi (the shipped model's run) and the ablations at the shorter "
+                        "budget: " + ", ".join(RUNS))
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps of the shipped model's run")
+    p.add_argument("--ablation-steps", type=int, default=400, help="optimizer steps of each ablation run")
     p.add_argument("--curve-count", type=int, default=12, help="held-out examples per dataset for the curves")
     p.add_argument("--final-count", type=int, default=32, help="held-out examples per dataset for the table")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1 behaves best on a busy CPU)")
@@ -119,11 +124,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "toy_edit"))
     p.add_argument("--export", action="store_true", help="write the kiwi run's model as the embedded default")
     p.add_argument("--export-dir", default=None, help="write it here instead of comfy_kiwi/toy/default_model")
-    p.add_argument("--report", action="store_true", help="only write the table and plot from --out")
+    p.add_argument("--report", action="store_true", help="only write the tables and plot from --out")
     p.add_argument("--evaluate", default=None, metavar="FOLDER",
                    help="only score a saved toy model folder (e.g. comfy_kiwi/toy/default_model) on the held-out edits")
     p.add_argument("--denoise", type=float, nargs="+", default=[1.0], help="with --evaluate: denoise values")
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)        # internal: one run in this process
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)          # internal: one run in this process
+    p.add_argument("--eval-every", type=int, default=250, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,27 +141,44 @@ def main(argv=None) -> int:
         (out / f"{args.one}.json").write_text(json.dumps(result, indent=2, default=str))
         return 0
     if not args.report:
-        names = [n.strip() for n in args.runs.split(",") if n.strip()]
-        unknown = [n for n in names if n not in RUNS]
-        if unknown:
-            p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
-        _run_parallel(["baselines", *names], args, argv or sys.argv[1:])
+        jobs = _jobs(p, args)
+        _run_parallel(jobs, args)
     from toy_edit_report import write_report    # bench/toy_edit_report.py
     write_report(out)
     print(f"wrote {out / 'results.md'} and {out / 'toy_edit.png'}")
     return 0
 
 
-def _run_parallel(names, args, argv) -> None:
-    """Each run in its own process (``--one``), at most ``--jobs`` at once; logs in --out/NAME.log."""
-    base = [a for a in argv if not a.startswith("--runs")]
+def _jobs(p, args) -> list[tuple[str, list[str]]]:
+    """(log name, arguments of one --one process): the baselines, the shipped model's run ("kiwi", first
+    in --runs) and the ablations (every name in --runs after it, kiwi included, at --ablation-steps)."""
+    names = [n.strip() for n in args.runs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    common = ["--threads", str(args.threads), "--seed", str(args.seed), "--curve-count", str(args.curve_count)]
+    jobs = [("baselines", common + ["--out", args.out, "--final-count", str(args.final_count), "--one", "baselines"])]
+    if names and names[0] == "kiwi":
+        export = ["--export"] + (["--export-dir", args.export_dir] if args.export_dir else []) if args.export else []
+        jobs.append(("kiwi", common + export + ["--out", args.out, "--steps", str(args.steps), "--eval-every", "250",
+                                                "--final-count", str(args.final_count), "--one", "kiwi"]))
+        names = names[1:]
+    abl = str(Path(args.out) / "ablations")
+    for n in names:
+        jobs.append((f"ablation_{n}", common + ["--out", abl, "--steps", str(args.ablation_steps), "--eval-every",
+                                               "200", "--final-count", "16", "--one", n]))
+    return jobs
+
+
+def _run_parallel(jobs, args) -> None:
+    """Each job in its own process, at most ``--jobs`` at once; logs in --out/NAME.log."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    pending, running = list(names), []
+    pending, running = list(jobs), []
     while pending or running:
         while pending and len(running) < args.jobs:
-            name = pending.pop(0)
+            name, job_args = pending.pop(0)
             log = open(Path(args.out) / f"{name}.log", "w")
-            cmd = [sys.executable, __file__, *base, "--one", name]
+            cmd = [sys.executable, __file__, *job_args]
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
             print(f"started {name}", flush=True)
         time.sleep(2)

@@ -1,4 +1,7 @@
-"""Table (markdown) and plot (PNG, drawn with PIL: no plotting library needed) of the toy benchmark."""
+"""Tables (markdown) and plot (PNG, drawn with PIL: no plotting library needed) of the toy benchmark.
+
+Reads ``OUT/baselines.json``, ``OUT/kiwi.json`` (the shipped model's run) and ``OUT/ablations/*.json``
+(every variant trained for the same, shorter budget)."""
 
 from __future__ import annotations
 
@@ -9,77 +12,98 @@ from PIL import Image, ImageDraw
 
 COLOURS = {"kiwi": (200, 40, 40), "plain_add": (240, 140, 20), "concat": (40, 140, 60), "none": (120, 120, 120),
            "no_image": (40, 90, 210), "image_only": (150, 60, 180)}
-LABELS = {"kiwi": "Kiwi: σ-scaled add, image+video+ref (shipped)", "plain_add": "plain add",
-          "concat": "channel concat", "none": "no source latents", "no_image": "σ-add without image co-training",
+LABELS = {"kiwi": "Kiwi: sigma-scaled add, image+video+ref", "plain_add": "plain add (no sigma)",
+          "concat": "channel concat", "none": "no source latents", "no_image": "sigma add, no image co-training",
           "image_only": "image pairs only (ImVideoEdit data)"}
 METRICS = ("compliance", "preservation", "temporal", "overall")
+DATASETS = ("image", "video", "reference")
 
 
-def load_runs(out: Path) -> tuple[dict, dict | None]:
-    runs = {}
-    for name in COLOURS:
-        f = out / f"{name}.json"
-        if f.exists():
-            runs[name] = json.loads(f.read_text())
-    base = out / "baselines.json"
-    return runs, (json.loads(base.read_text()) if base.exists() else None)
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _row(label: str, scores: dict) -> str:
-    cells = [f"{scores[d]['overall']:.3f}" for d in ("image", "video", "reference")]
     a = scores["all"]
-    return (f"| {label} | " + " | ".join(f"{a[m]:.3f}" for m in METRICS) + " | " + " | ".join(cells) + " |")
+    return (f"| {label} | " + " | ".join(f"{a[m]:.3f}" for m in METRICS) + " | "
+            + " | ".join(f"{scores[d]['overall']:.3f}" for d in DATASETS) + f" | {scores['video']['temporal']:.3f} |")
 
 
-def table(runs: dict, base: dict | None) -> str:
-    lines = ["| model | compliance | preservation | temporal | overall | overall image | overall video | "
-             "overall reference |", "|---|---|---|---|---|---|---|---|"]
+HEADER = ["| model | compliance | preservation | temporal | overall | overall image | overall video | "
+          "overall reference | temporal video |", "|---|---|---|---|---|---|---|---|---|"]
+
+
+def main_table(kiwi: dict | None, base: dict | None) -> str:
+    lines = list(HEADER)
     if base:
-        lines.append(_row("identity (return the source)", base["identity"]))
-        lines.append(_row("random model (untrained)", base["random"]))
-    for name, r in runs.items():
-        lines.append(_row(f"{LABELS[name]} — {r['config']['steps']} steps, {r['seconds'] / 60:.0f} min", r["final"]))
+        lines.append(_row("return the source unchanged (identity)", base["identity"]))
+        lines.append(_row("random model (untrained weights)", base["random"]))
+    if kiwi:
+        lines.append(_row(f"shipped toy model ({kiwi['config']['steps']} steps, {kiwi['seconds'] / 60:.0f} min)",
+                          kiwi["final"]))
     return "\n".join(lines)
 
 
-def _panel(draw: ImageDraw.ImageDraw, box, runs: dict, base: dict | None, metric: str, dataset: str, title: str):
+def kind_table(kiwi: dict | None) -> str:
+    if not kiwi or "by_kind" not in kiwi["final"]:
+        return ""
+    lines = ["| edit kind | compliance | preservation | temporal | overall |", "|---|---|---|---|---|"]
+    for kind, s in kiwi["final"]["by_kind"].items():
+        lines.append(f"| {kind} | " + " | ".join(f"{s[m]:.3f}" for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def ablation_table(runs: dict) -> str:
+    lines = list(HEADER)
+    for name, r in runs.items():
+        lines.append(_row(f"{LABELS[name]} ({r['config']['steps']} steps)", r["final"]))
+    return "\n".join(lines)
+
+
+def _panel(draw, box, curves: dict, base: dict | None, metric: str, dataset: str, title: str):
     x0, y0, x1, y1 = box
     draw.rectangle(box, outline=(0, 0, 0))
-    draw.text((x0 + 6, y0 - 16), title, fill=(0, 0, 0))
-    max_step = max((h["step"] for r in runs.values() for h in r["history"]), default=1) or 1
-    sx = lambda s: x0 + (x1 - x0) * s / max_step                         # noqa: E731
-    sy = lambda v: y1 - (y1 - y0) * max(0.0, min(1.0, v))                 # noqa: E731
-    for v in (0.25, 0.5, 0.75, 1.0):
+    draw.text((x0, y0 - 16), title, fill=(0, 0, 0))
+    max_step = max((h["step"] for r in curves.values() for h in r["history"]), default=1) or 1
+    top = max([0.1] + [h["eval"][dataset][metric] for r in curves.values() for h in r["history"]]
+              + ([base[k][dataset][metric] for k in ("identity", "random")] if base else []))
+    top = min(1.0, round(top * 1.15 + 0.049, 1))
+    sx = lambda s: x0 + (x1 - x0) * s / max_step                                    # noqa: E731
+    sy = lambda v: y1 - (y1 - y0) * max(0.0, min(1.0, v / top))                     # noqa: E731
+    for i in range(1, 5):
+        v = top * i / 4
         draw.line([(x0, sy(v)), (x1, sy(v))], fill=(225, 225, 225))
-        draw.text((x0 - 30, sy(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
-    draw.text((x0 - 30, y1 - 6), "0", fill=(0, 0, 0))
-    draw.text((x1 - 60, y1 + 4), f"{max_step} steps", fill=(0, 0, 0))
+        draw.text((x0 - 34, sy(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
+    draw.text((x0 - 10, y1 - 6), "0", fill=(0, 0, 0))
+    draw.text((x1 - 70, y1 + 4), f"{max_step} steps", fill=(0, 0, 0))
     if base:
-        for key, colour in (("identity", (0, 0, 0)), ("random", (160, 160, 160))):
+        for key, colour in (("identity", (0, 0, 0)), ("random", (150, 150, 150))):
             v = base[key][dataset][metric]
             for x in range(int(x0), int(x1), 8):
                 draw.line([(x, sy(v)), (x + 4, sy(v))], fill=colour, width=1)
-            draw.text((x1 - 70, sy(v) - 12), key, fill=colour)
-    for name, r in runs.items():
+            draw.text((x0 + 6, sy(v) - 12), key, fill=colour)
+    for name, r in curves.items():
         pts = [(sx(h["step"]), sy(h["eval"][dataset][metric])) for h in r["history"]]
+        width = 3 if name == "kiwi" else 2
         if len(pts) > 1:
-            draw.line(pts, fill=COLOURS[name], width=2)
+            draw.line(pts, fill=COLOURS[name], width=width)
         for x, y in pts:
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=COLOURS[name])
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=COLOURS[name])
 
 
-def plot(runs: dict, base: dict | None, path: Path) -> None:
-    img = Image.new("RGB", (1100, 520), "white")
+def plot(kiwi: dict | None, runs: dict, base: dict | None, path: Path) -> None:
+    img = Image.new("RGB", (1180, 560), "white")
     d = ImageDraw.Draw(img)
     d.text((20, 8), "Toy benchmark: held-out toy edits scored by the toy judge vs training steps "
                     "(20 sampling steps; dashed: baselines)", fill=(0, 0, 0))
-    _panel(d, (60, 60, 520, 400), runs, base, "overall", "all", "overall (compliance × preservation × temporal), "
-                                                                   "mean of image/video/reference")
-    _panel(d, (600, 60, 1060, 400), runs, base, "temporal", "video", "temporal consistency on videos")
-    y = 430
-    for i, name in enumerate(runs):
-        x = 60 + (i % 3) * 340
-        yy = y + (i // 3) * 20
+    curves = {"kiwi": kiwi} if kiwi else {}
+    _panel(d, (60, 60, 540, 400), curves, base, "overall", "all",
+           "shipped model: overall (mean of image / video / reference)")
+    _panel(d, (660, 60, 1140, 400), runs, base, "overall", "all", "ablations (same budget): overall")
+    y = 440
+    for i, name in enumerate(COLOURS):
+        x = 60 + (i % 3) * 370
+        yy = y + (i // 3) * 22
         d.rectangle([x, yy + 3, x + 14, yy + 11], fill=COLOURS[name])
         d.text((x + 20, yy), LABELS[name], fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +112,49 @@ def plot(runs: dict, base: dict | None, path: Path) -> None:
 
 def write_report(out: Path) -> None:
     out = Path(out)
-    runs, base = load_runs(out)
-    (out / "results.md").write_text(table(runs, base) + "\n")
-    plot(runs, base, out / "toy_edit.png")
+    base, kiwi = _load(out / "baselines.json"), _load(out / "kiwi.json")
+    runs = {n: r for n in COLOURS if (r := _load(out / "ablations" / f"{n}.json"))}
+    text = ["## Shipped model vs baselines (held-out edits, 50 sampling steps)", "", main_table(kiwi, base), "",
+            "## Shipped model per edit kind", "", kind_table(kiwi), "",
+            "## Ablations (same training budget each)", "", ablation_table(runs), ""]
+    (out / "results.md").write_text("\n".join(text))
+    plot(kiwi, runs, base, out / "toy_edit.png")
+
+
+GALLERY = ((1_000_001, "remove"), (1_000_002, "background"), (1_000_003, "replace"), (1_000_004, "ref_replace"),
+           (1_000_005, "recolour"), (1_000_006, "add"))
+
+
+def gallery(model_folder, path: Path, examples=GALLERY, steps: int = 50) -> None:
+    """Held-out edits by a saved toy model: per row source / edited / ground truth at frames 0, 8, 16
+    (each 32×32 frame drawn ×4), with the instruction and the toy judge's overall score."""
+    import numpy as np
+
+    from comfy_kiwi.pipeline import EditSettings
+    from comfy_kiwi.toy.data import example_frames, example_reference
+    from comfy_kiwi.toy.judge import score_edit, to_uint8_frames
+    from comfy_kiwi.toy.release import load_toy_pipeline
+    from comfy_kiwi.toy.world import make_example
+    pipe = load_toy_pipeline(model_folder)
+    frames, scale, gap = (0, 8, 16), 4, 6
+    cell = 32 * scale
+    width = 3 * (len(frames) * cell + gap) + 40
+    img = Image.new("RGB", (width, len(examples) * (cell + 40) + 30), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 6), "held-out toy edits: source | edited by the shipped toy model | ground truth (frames 0, 8, 16)",
+           fill=(0, 0, 0))
+    for row, (seed, kind) in enumerate(examples):
+        ex = make_example(seed, (kind,))
+        out = pipe.edit(example_frames(ex), ex.instruction, example_reference(ex),
+                        EditSettings(steps=steps, progress=False))
+        edited = to_uint8_frames(out.frames)
+        s = score_edit(edited, ex)
+        y = 30 + row * (cell + 40)
+        d.text((10, y), f"{kind}: \"{ex.instruction}\" - compliance {s.compliance:.2f}, preservation {s.preservation:.2f}, "
+                        f"overall {s.overall:.2f}", fill=(0, 0, 0))
+        for col, video in enumerate((ex.source, edited, ex.target)):
+            for k, f in enumerate(frames):
+                tile = Image.fromarray(np.ascontiguousarray(video[f])).resize((cell, cell), Image.NEAREST)
+                img.paste(tile, (20 + col * (len(frames) * cell + gap) + k * cell, y + 16))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)

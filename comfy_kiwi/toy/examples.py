@@ -23,8 +23,8 @@ from .world import FPS, PALETTE_RGB, ToyExample, ToyObject, ToyScene, apply_edit
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 DEMO_VIDEO = EXAMPLES_DIR / "toy_scene.mp4"
-DEMO_INSTRUCTION = "make the red circle blue"
-DEMO_SEED = 2000528          # a demo-split recolour example whose instruction is DEMO_INSTRUCTION
+DEMO_INSTRUCTION = "remove the purple triangle"
+DEMO_SEED = 2000528          # a demo-split scene: a moving red circle and purple triangle on gray
 SIDECAR_SUFFIX = ".toy.json"
 
 
