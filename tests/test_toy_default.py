@@ -60,11 +60,12 @@ def test_edit_command_without_model_uses_the_toy_model_and_judges(tmp_path, caps
 
 
 @pytest.mark.parametrize("name", ["toy_edit.json", "toy_reference_edit.json"])
-def test_toy_workflows_run_and_judge(name):
+def test_toy_workflows_run_and_judge(name, tmp_path):
     """The toy workflows through the pack's nodes (as in tests/test_workflows.py), with the embedded model."""
     import comfy_harness as H
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
+    H.setup_environment(tmp_path)                # preview images go to tmp_path, not the working folder
     pack = H.load_pack(root)
     classes = {**pack.NODE_CLASS_MAPPINGS, **H.NATIVE_DOUBLES}
     wf = json.loads((root / "workflows" / name).read_text())
