@@ -14,7 +14,9 @@ from .errors import KiwiError
 
 def _cmd_info(args) -> int:
     from .loading.inspect import describe
-    print(json.dumps(describe(args.path), indent=2, default=str))
+    from .toy.release import describe_toy_release, is_toy_release
+    info = describe_toy_release(args.path) if is_toy_release(args.path) else describe(args.path)
+    print(json.dumps(info, indent=2, default=str))
     return 0
 
 

@@ -78,3 +78,10 @@ def test_toy_workflows_run_and_judge(name, tmp_path):
     report = json.loads(judge[0])
     assert set(report) >= {"instruction", "compliance", "preservation", "temporal", "overall"}
     assert 0.0 <= report["overall"] <= 1.0
+
+
+def test_info_describes_the_toy_folder(capsys):
+    from comfy_kiwi.cli import main
+    assert main(["info", str(DEFAULT_MODEL_DIR)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "kiwi-toy-release" and info["parts"]["vae"]["_class_name"] == "KiwiToyPatchCodec"

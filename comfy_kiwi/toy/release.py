@@ -83,3 +83,14 @@ def load_toy_pipeline(folder=None, device="cpu", dtype: torch.dtype = torch.floa
     dit = load_dit(folder, dtype=dtype, device=device)
     encoder = load_mllm_encoder(folder, dtype=dtype, device=device)
     return EditPipeline(dit, load_codec(folder / "vae", device), encoder, device=device)
+
+
+def describe_toy_release(folder) -> dict:
+    """``python -m comfy_kiwi info`` for a toy folder: every part as the project describes it, the
+    codec from its config (the generic inspector knows only Wan VAE files)."""
+    from ..loading.inspect import RELEASE_PARTS, _describe_one
+    from .codec import codec_config
+    folder = Path(folder)
+    parts = {name: (codec_config() if name == "vae" else _describe_one(folder / name))
+             if (folder / name).exists() else None for name in RELEASE_PARTS}
+    return {"kind": "kiwi-toy-release", "path": str(folder), "parts": parts}
