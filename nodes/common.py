@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from pathlib import Path
 
 log = logging.getLogger("comfy_kiwi.nodes")
 
@@ -88,3 +89,23 @@ def files_fingerprint(kind: str, name: str) -> str:
     except kiwi("errors").KiwiError:
         return "missing"
     return str(hash(kiwi("model_cache").files_stamp(path)))
+
+
+def resolve_weights(name: str) -> Path:
+    """A method's weights file (VIVA, RVEDiT) in models/loras/, or a full path: scripts and tests pass one."""
+    path = Path(name)
+    if path.is_absolute() and path.is_file():
+        return path
+    return kiwi("model_folders").resolve("lora", name)
+
+
+def seed_steps_shift_inputs(seed_tip: str = "Seed of the starting noise (drawn on the CPU).",
+                            steps_tip: str = "Sampling steps.",
+                            shift_tip: str = "Schedule shift: higher spends more steps at high noise.") -> dict:
+    """The seed / steps / shift widgets of every Kiwi sampler, in their saved order (saved workflows store
+    widget values by position); each sampler may word the tooltips for its own defaults."""
+    return {
+        "seed": ("INT", tip(seed_tip, default=0, min=0, max=0xffffffffffffffff, control_after_generate=True)),
+        "steps": ("INT", tip(steps_tip, default=50, min=1, max=1000)),
+        "shift": ("FLOAT", tip(shift_tip, default=5.0, min=0.01, max=100.0, step=0.01)),
+    }

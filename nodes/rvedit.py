@@ -11,20 +11,12 @@ The alignment loss is training-only: inference costs one routed DiT pass per ste
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .common import KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, files_fingerprint, kiwi, tip
+from .common import (KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, files_fingerprint, kiwi, resolve_weights,
+                     seed_steps_shift_inputs, tip)
 from .imvideoedit import KIWI_UMT5_CONDITIONING
 
 KIWI_RVEDIT = "KIWI_RVEDIT"
 CATEGORY_RVEDIT = "Kiwi Edit/RVEDiT"
-
-
-def _resolve(name: str) -> Path:
-    path = Path(name)
-    if path.is_absolute() and path.is_file():       # scripts and tests may pass a full path
-        return path
-    return kiwi("model_folders").resolve("lora", name)
 
 
 class KiwiRVEDiTLoader:
@@ -53,7 +45,7 @@ class KiwiRVEDiTLoader:
         return files_fingerprint("lora", weights_name)
 
     def load(self, weights_name, dit, split):
-        path, split = _resolve(weights_name), int(split)
+        path, split = resolve_weights(weights_name), int(split)
         n = len(dit.model.blocks)
         if split > n:
             raise kiwi("errors").InputError(f"split {split} is larger than this DiT's {n} blocks.")
@@ -81,11 +73,7 @@ class KiwiRVEDiTSampler:
             "rvedit": (KIWI_RVEDIT, tip("The RVEDiT weights from Kiwi RVEDiT Loader.")),
             "conditioning": (KIWI_CONDITIONING, tip("The editing tokens X_e from Kiwi MLLM Encode.")),
             "source": (KIWI_SOURCE, tip("Source latents from Kiwi Encode Source (they also give X_v).")),
-            "seed": ("INT", tip("Seed of the starting noise (drawn on the CPU).", default=0, min=0,
-                                max=0xffffffffffffffff, control_after_generate=True)),
-            "steps": ("INT", tip("Sampling steps.", default=50, min=1, max=1000)),
-            "shift": ("FLOAT", tip("Schedule shift: higher spends more steps at high noise.", default=5.0, min=0.01,
-                                   max=100.0, step=0.01)),
+            **seed_steps_shift_inputs(),
             "cfg": ("FLOAT", tip("Classifier-free guidance on the instruction (needs encode_negative in Kiwi MLLM "
                                  "Encode); 1.0 = off.", default=1.0, min=1.0, max=30.0, step=0.1, round=0.01)),
         }, "optional": {

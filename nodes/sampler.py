@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import CATEGORY_SAMPLING, KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, kiwi, tip
+from .common import (CATEGORY_SAMPLING, KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, kiwi,
+                     seed_steps_shift_inputs, tip)
 
 
 def check_compatible(dit, cond, source, cfg: float) -> None:
@@ -54,13 +55,10 @@ class KiwiSampler:
             "dit": (KIWI_DIT, tip("The DiT (with any LoRAs) from a Kiwi loader.")),
             "conditioning": (KIWI_CONDITIONING, tip("The instruction context from Kiwi MLLM Encode.")),
             "source": (KIWI_SOURCE, tip("Source (and reference) latents from Kiwi Encode Source.")),
-            "seed": ("INT", tip("Seed of the starting noise (drawn on the CPU, so a seed gives the same result on "
-                                "every machine).", default=0, min=0, max=0xffffffffffffffff,
-                                control_after_generate=True)),
-            "steps": ("INT", tip("Sampling steps. The release uses 50; 20-30 are often enough.",
-                                 default=50, min=1, max=1000)),
-            "shift": ("FLOAT", tip("Schedule shift: higher spends more steps at high noise. The release uses 5.",
-                                   default=5.0, min=0.01, max=100.0, step=0.01)),
+            **seed_steps_shift_inputs(
+                "Seed of the starting noise (drawn on the CPU, so a seed gives the same result on every machine).",
+                "Sampling steps. The release uses 50; 20-30 are often enough.",
+                "Schedule shift: higher spends more steps at high noise. The release uses 5."),
             "cfg": ("FLOAT", tip("Classifier-free guidance on the instruction. 1.0 = off (the release); > 1 needs "
                                  "encode_negative in Kiwi MLLM Encode and doubles the work per step.",
                                  default=1.0, min=0.0, max=30.0, step=0.1, round=0.01)),

@@ -10,20 +10,11 @@ Custom type of this module: KIWI_VIVA = comfy_kiwi.methods.viva.VivaWeights (ref
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .common import (KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_MLLM, KIWI_SOURCE, as_frames,
-                     files_fingerprint, kiwi, single_image, tip)
+                     files_fingerprint, kiwi, resolve_weights, seed_steps_shift_inputs, single_image, tip)
 
 KIWI_VIVA = "KIWI_VIVA"
 CATEGORY_VIVA = "Kiwi Edit/VIVA"
-
-
-def _resolve(name: str) -> Path:
-    path = Path(name)
-    if path.is_absolute() and path.is_file():       # scripts and tests may pass a full path
-        return path
-    return kiwi("model_folders").resolve("lora", name)
 
 
 class KiwiVIVALoader:
@@ -49,7 +40,7 @@ class KiwiVIVALoader:
         return files_fingerprint("lora", weights_name)
 
     def load(self, weights_name, dit):
-        path = _resolve(weights_name)
+        path = resolve_weights(weights_name)
         viva = kiwi("methods.viva")
         c = dit.model.config      # the weights are shaped for this DiT: its sizes key the cache entry
         return (kiwi("model_cache").cached_load("viva", path, lambda: viva.read_viva(path, dit.model),
@@ -112,11 +103,7 @@ class KiwiVIVASampler:
             "conditioning": (KIWI_CONDITIONING, tip("The instructor encoding from Kiwi VIVA Encode.")),
             "source": (KIWI_SOURCE, tip("Source latents from Kiwi Encode Source (no reference latents: VIVA reads "
                                         "the reference through the instructor).")),
-            "seed": ("INT", tip("Seed of the starting noise (drawn on the CPU).", default=0, min=0,
-                                max=0xffffffffffffffff, control_after_generate=True)),
-            "steps": ("INT", tip("Sampling steps.", default=50, min=1, max=1000)),
-            "shift": ("FLOAT", tip("Schedule shift: higher spends more steps at high noise.", default=5.0, min=0.01,
-                                   max=100.0, step=0.01)),
+            **seed_steps_shift_inputs(),
             "cfg": ("FLOAT", tip("Guidance on the instruction only; 2.0 is VIVA's preset, 1.0 turns it off (one DiT "
                                  "pass per step).", default=2.0, min=1.0, max=30.0, step=0.1, round=0.01)),
         }}

@@ -27,6 +27,7 @@ from comfy_kiwi.methods.rvedit import AlignmentConfig, CrossAttentionTap, Routed
 from comfy_kiwi.methods.rvedit_streams import RVEDiTStreams
 
 from .base import TrainingMethod, TrainModule, flow_match_loss, noised
+from .dit_state import load_dit_entries, save_dit
 
 DIT_TRAINING = ("full", "lora", "frozen")
 
@@ -175,12 +176,7 @@ class RVEDiTMethod(TrainingMethod):
         lora = {k[len("dit_lora."):]: v for k, v in state.items() if k.startswith("dit_lora.")}
         if lora and module.adapter is not None:
             module.adapter.load_lora_state_dict(lora)
-        dit_state = {k[4:]: v for k, v in state.items() if k.startswith("dit.")}
-        if dit_state:
-            sd = module.dit.state_dict()
-            with torch.no_grad():
-                for k, v in dit_state.items():
-                    sd[k].copy_(v.to(sd[k].dtype))
+        load_dit_entries(module.dit, state)
 
     def save_final(self, module, output_dir) -> list:
         from safetensors.torch import save_file
@@ -189,9 +185,7 @@ class RVEDiTMethod(TrainingMethod):
             out.append(Path(output_dir) / "rvedit-dit-lora.safetensors")
             save_file({k: v.contiguous() for k, v in module.adapter.comfyui_state_dict().items()}, str(out[-1]))
         if self.options.dit_training == "full":
-            out.append(Path(output_dir) / "rvedit-dit.safetensors")
-            save_file({k: v.detach().cpu().contiguous() for k, v in module.dit.state_dict().items()}, str(out[-1]),
-                      metadata={"format": "pt", "num_heads": str(module.dit.config.num_heads)})
+            out.append(save_dit(Path(output_dir) / "rvedit-dit.safetensors", module.dit))
         return out
 
     # --- sampling ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from comfy_kiwi.methods import viva
 from comfy_kiwi.methods.viva_loss import POOLS, masked_flow_matching_loss
 
 from .base import TrainingMethod, TrainModule, noised
+from .dit_state import load_dit_entries, save_dit
 
 SOURCE_MODES = ("concat", "none")
 
@@ -159,20 +160,12 @@ class VivaMethod(TrainingMethod):
     def load_trainable_state_dict(self, module, state) -> None:
         own = {k: v for k, v in state.items() if not k.startswith("dit.")}
         viva.load_viva_state(module.dit, module.refiner, own, "checkpoint")
-        dit_state = {k[4:]: v for k, v in state.items() if k.startswith("dit.")}
-        if dit_state:
-            sd = module.dit.state_dict()
-            with torch.no_grad():
-                for k, v in dit_state.items():
-                    sd[k].copy_(v.to(sd[k].dtype))
+        load_dit_entries(module.dit, state)
 
     def save_final(self, module, output_dir) -> list:
         out = [viva.save_viva(Path(output_dir) / "viva.safetensors", module.dit, module.refiner)]
         if self.options.train_dit:
-            from safetensors.torch import save_file
-            out.append(Path(output_dir) / "viva-dit.safetensors")
-            save_file({k: v.detach().cpu().contiguous() for k, v in module.dit.state_dict().items()}, str(out[-1]),
-                      metadata={"format": "pt", "num_heads": str(module.dit.config.num_heads)})
+            out.append(save_dit(Path(output_dir) / "viva-dit.safetensors", module.dit))
         return out
 
     # --- sampling ---------------------------------------------------------------------------------------
