@@ -390,6 +390,24 @@ def write_judge_models(models_dir: Path) -> dict[str, Path]:
     return out
 
 
+def write_method_models(models) -> None:
+    """Tiny stand-ins under the names the VIVA / RVEDiT workflows use: the Wan2.2 TI2V DiT (the tiny DiT file),
+    a stock Qwen2.5-VL-3B folder, and method weights shaped for those (as the trainer saves them)."""
+    import shutil
+
+    from comfy_kiwi.methods import viva
+    from comfy_kiwi.methods.rvedit_streams import RVEDiTStreams
+    from comfy_kiwi.testing.tiny_qwen import TINY_HIDDEN, write_tiny_base
+    from comfy_kiwi.testing.tiny_release import tiny_kiwi_dit
+    root = Path(models.models_dir)
+    if not (root / "loras" / "viva.safetensors").exists():
+        shutil.copy(models.parts["dit"], root / "diffusion_models" / "wan2.2_ti2v_5B_fp16.safetensors")
+        write_tiny_base(root / "text_encoders" / "Qwen2.5-VL-3B-Instruct", seed=1)
+        dit = tiny_kiwi_dit(seed=1)
+        viva.save_viva(root / "loras" / "viva.safetensors", dit, viva.attach_viva(dit, TINY_HIDDEN))
+        RVEDiTStreams.for_dit(tiny_kiwi_dit(seed=1)).save(root / "loras" / "rvedit.safetensors")
+
+
 def setup_environment(base: Path):
     """Tiny models (``comfy_kiwi.testing.tiny_release``) as the models folder, plus input/output folders.
     Returns the TinyKiwiModels description."""
@@ -397,6 +415,7 @@ def setup_environment(base: Path):
     from comfy_kiwi.testing.tiny_release import tiny_models_dir
     models = tiny_models_dir()
     write_judge_models(models.models_dir)
+    write_method_models(models)
     comfy_adapter.set_models_dir(models.models_dir)
     DIRS.input, DIRS.output = base / "input", base / "output"
     write_inputs(DIRS.input)

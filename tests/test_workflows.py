@@ -58,7 +58,8 @@ def test_workflow_format(path):
         assert link_id in src["outputs"][o_slot]["links"] and src["outputs"][o_slot]["type"] == typ
         assert dst["inputs"][t_slot]["link"] == link_id and dst["inputs"][t_slot]["type"] in (typ, "*")
     loaders = [n for n in wf["nodes"] if n["type"].startswith("Kiwi") and n["type"].endswith("Loader")
-               and n["type"] not in ("KiwiLoraLoader", "KiwiToyModelLoader")]     # the toy model is embedded
+               and n["type"] not in ("KiwiLoraLoader", "KiwiToyModelLoader",       # the toy model is embedded
+                                     "KiwiVIVALoader", "KiwiRVEDiTLoader")]        # trained here, not downloaded
     if path.name.startswith("toy_"):
         assert any(n["type"] == "KiwiToyModelLoader" for n in wf["nodes"])
         return
@@ -82,7 +83,7 @@ def _outputs_of(prompt, results, class_type):
 
 @pytest.mark.parametrize("name", ["kiwi_instruction_video_edit.json", "kiwi_reference_video_edit.json",
                                   "kiwi_all_parts.json", "kiwi_reference_synthesis_then_edit.json",
-                                  "kiwi_edit_then_judge.json"])
+                                  "kiwi_edit_then_judge.json", "kiwi_viva_edit.json", "kiwi_rvedit_edit.json"])
 def test_video_workflow_runs(env, name):
     from comfy_kiwi.video_io import read_video
     before = len(H.SaveVideo.saved)

@@ -478,6 +478,83 @@ def toy_reference_edit(pack) -> Graph:
     return _toy_edit(pack, reference=True)
 
 
+# method workflows (docs/METHODS.md): the method weights come from `python -m trainer train`, not a download
+WAN22_TI2V_5B = {"name": "wan2.2_ti2v_5B_fp16.safetensors", "directory": "diffusion_models",
+                 "url": f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/diffusion_models/"
+                        "wan2.2_ti2v_5B_fp16.safetensors"}
+METHOD_SAMPLER = {"seed": 42, "control_after_generate": "fixed", "steps": 50, "shift": 5.0}
+
+
+def viva_edit(pack) -> Graph:
+    """VIVA on Wan2.2 TI2V 5B: the Qwen2.5-VL instructor + trained refiner, CFG 2.0 on the instruction."""
+    g = Graph(pack)
+    qwen = "Qwen2.5-VL-3B-Instruct"
+    g.add("Note", (20, 60), {"text": "VIVA edit (docs/METHODS.md): Wan2.2 TI2V 5B + the Qwen2.5-VL instructor + "
+                                     "the VIVA weights you trained (preset viva-wan2.2-5b).\n\n"
+                                     "Models: wan2.2_ti2v_5B_fp16.safetensors in models/diffusion_models/, "
+                                     "wan2.2_vae.safetensors in models/vae/, and\n\n"
+                                     f"hf download Qwen/{qwen} --local-dir models/text_encoders/{qwen}\n\n"
+                                     "VIVA weights: copy runs/viva-wan2.2-5b/viva.safetensors into models/loras/ "
+                                     "(python -m trainer train --preset viva-wan2.2-5b). An Edit-GRPO LoRA goes "
+                                     "between the DiT loader and the sampler through Kiwi Lora Loader."},
+          width=320, height=400)
+    dit = g.add("KiwiDiTLoader", (360, 60), dict(LOADER, dit_name=WAN22_TI2V_5B["name"]), models=[WAN22_TI2V_5B])
+    vae = g.add("KiwiVAELoader", (360, 250), {"vae_name": WAN22_VAE["name"], "dtype": "auto", "device": "auto"},
+                models=[WAN22_VAE])
+    mllm = g.add("KiwiMLLMLoader", (360, 420), {"mllm_name": qwen, "kiwi_checkpoint": "none", "dtype": "auto",
+                                                 "device": "auto"}, models=qwen_vl_models(qwen))
+    weights = g.add("KiwiVIVALoader", (360, 620), {"weights_name": "viva.safetensors"})
+    g.link(dit, "dit", weights, "dit")
+    g.group("Models", [dit, vae, mllm, weights], "#3f789e")
+    load = g.add("LoadVideo", (20, 520), {"file": "kiwi_source.mp4"}, width=300)
+    comps = g.add("GetVideoComponents", (20, 680), {}, width=300)
+    prep = g.add("KiwiPrepareFrames", (20, 880), {"max_pixels": 921600, "num_frames": 81, "frame_mode": "trim"})
+    g.link(load, "VIDEO", comps, "video")
+    g.link(comps, "images", prep, "images")
+    g.group("Source video", [load, comps, prep], "#3f789e")
+    enc = g.add("KiwiVIVAEncode", (760, 60), {"instruction": "Make the car red.", "encode_negative": True},
+                width=360)
+    src = g.add("KiwiEncodeSource", (760, 330), {"reference_position": "model default", "tiled": False})
+    smp = g.add("KiwiVIVASampler", (1160, 60), dict(METHOD_SAMPLER, cfg=2.0))
+    dec = g.add("KiwiVAEDecode", (1160, 360), {"tiled": False})
+    for a, out, b, inp in ((mllm, "mllm", enc, "mllm"), (weights, "viva", enc, "viva"), (prep, "images", enc, "source"),
+                           (vae, "vae", src, "vae"), (prep, "images", src, "source"), (dit, "dit", smp, "dit"),
+                           (weights, "viva", smp, "viva"), (enc, "conditioning", smp, "conditioning"),
+                           (src, "source", smp, "source"), (smp, "latent", dec, "latent"), (vae, "vae", dec, "vae")):
+        g.link(a, out, b, inp)
+    g.group("VIVA", [enc, src, smp, dec], "#8a6a3a")
+    _video_out(g, dec, comps)
+    return g
+
+
+def rvedit_edit(pack) -> Graph:
+    """RVEDiT on the Kiwi-Edit instruct-reference release: X_e from its MLLM, X_v from the trained embedder."""
+    g = Graph(pack)
+    kind = "instruct-reference"
+    g.add("Note", (20, 60), {"text": "RVEDiT edit (docs/METHODS.md); optional caption: Kiwi UMT5 Encode → the "
+                                     "sampler's caption.\nWeights: runs/rvedit-kiwi-5b/rvedit.safetensors (preset "
+                                     "rvedit-kiwi-5b) into models/loras/.\n\n" + _download_note([kind])},
+          width=320, height=290)
+    loader = g.add("KiwiReleaseLoader", (360, 60), dict(LOADER, release=RELEASES[kind]), models=release_models(kind))
+    weights = g.add("KiwiRVEDiTLoader", (760, 560), {"weights_name": "rvedit.safetensors", "split": -1})
+    g.link(loader, "dit", weights, "dit")
+    comps, prep = _video_in_out(g, "kiwi_source.mp4")
+    enc = g.add("KiwiMLLMEncode", (760, 60), {"instruction": "Replace the red car with a blue bicycle.",
+                                              "encode_negative": False}, width=360)
+    src = g.add("KiwiEncodeSource", (760, 310), {"reference_position": "model default", "tiled": False})
+    smp = g.add("KiwiRVEDiTSampler", (1160, 60), dict(METHOD_SAMPLER, cfg=1.0))
+    dec = g.add("KiwiVAEDecode", (1160, 360), {"tiled": False})
+    for a, out, b, inp in ((loader, "mllm", enc, "mllm"), (prep, "images", enc, "source"), (loader, "vae", src, "vae"),
+                           (prep, "images", src, "source"), (loader, "dit", smp, "dit"),
+                           (weights, "rvedit", smp, "rvedit"), (enc, "conditioning", smp, "conditioning"),
+                           (src, "source", smp, "source"), (smp, "latent", dec, "latent"),
+                           (loader, "vae", dec, "vae")):
+        g.link(a, out, b, inp)
+    g.group("RVEDiT", [enc, src, smp, dec], "#8a6a3a")
+    _video_out(g, dec, comps)
+    return g
+
+
 WORKFLOWS = {
     "kiwi_instruction_video_edit.json": instruction_video_edit,
     "kiwi_reference_video_edit.json": reference_video_edit,
@@ -485,6 +562,8 @@ WORKFLOWS = {
     "kiwi_all_parts.json": all_parts,
     "kiwi_reference_synthesis_then_edit.json": reference_synthesis_then_edit,
     "kiwi_edit_then_judge.json": edit_then_judge,
+    "kiwi_viva_edit.json": viva_edit,
+    "kiwi_rvedit_edit.json": rvedit_edit,
     "toy_edit.json": toy_edit,
     "toy_reference_edit.json": toy_reference_edit,
 }
