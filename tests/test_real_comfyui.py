@@ -62,6 +62,7 @@ def server(tmp_path_factory):
     (base / "custom_nodes" / "comfy-kiwi").symlink_to(ROOT, target_is_directory=True)
     models = write_tiny_models_dir(base / "models")
     H.write_judge_models(base / "models")
+    H.write_method_models(models)
     H.write_inputs(base / "input")
     (base / "output").mkdir()
     port, log = _free_port(), base / "comfyui.log"
