@@ -22,6 +22,8 @@ Writing (:func:`write_video`)
       limited range.
     * yuv420p needs even width and height: odd sizes are padded by repeating the last row/column
       (``even="pad"``, the default, keeps every input pixel) or cropped (``even="crop"``).
+    * ``codec="ffv1"`` (in .mkv) stores RGB losslessly instead: what is read back is exactly what was
+      written (training data one must not degrade, e.g. the toy world's clips).
     * Atomic: encoded into a hidden temp file next to the target and renamed over it only when
       complete, so a failed write leaves any existing file untouched.
 """
@@ -321,6 +323,10 @@ def _make_even(frames: torch.Tensor, even: str) -> torch.Tensor:
     return frames
 
 
+# Encoders that store RGB losslessly, and the pixel format they take.
+LOSSLESS_RGB_CODECS = {"ffv1": "bgr0"}
+
+
 def _codec_setup(stream, codec: str, crf: int, fps: Fraction) -> None:
     cc = stream.codec_context
     if codec in ("libx264", "libx265"):
@@ -340,18 +346,24 @@ def _codec_setup(stream, codec: str, crf: int, fps: Fraction) -> None:
 def _encode(tmp_path: str, fmt: str, codec: str, arrays: list, fps: Fraction, crf: int) -> None:
     av = _av()
     h, w, _ = arrays[0].shape
+    rgb_format = LOSSLESS_RGB_CODECS.get(codec)
     with av.open(tmp_path, mode="w", format=fmt) as out:
         stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = w, h, rgb_format or "yuv420p"
         cc = stream.codec_context
         cc.time_base = 1 / fps
-        # Tag what we encode so every reader converts back with the same matrix.
-        cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = _BT709, _RANGE_MPEG, _BT709, _BT709
-        _codec_setup(stream, codec, crf, fps)
+        if rgb_format is None:
+            # Tag what we encode so every reader converts back with the same matrix.
+            cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = _BT709, _RANGE_MPEG, _BT709, _BT709
+            _codec_setup(stream, codec, crf, fps)
         reformatter = av.video.reformatter.VideoReformatter()  # one swscale context for all frames
         for i, arr in enumerate(arrays):
             frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
-            frame = reformatter.reformat(frame, format="yuv420p", dst_colorspace=_BT709, dst_color_range=_RANGE_MPEG)
+            if rgb_format is not None:          # RGB → packed RGB: a byte shuffle, no colour matrix
+                frame = reformatter.reformat(frame, format=rgb_format)
+            else:
+                frame = reformatter.reformat(frame, format="yuv420p", dst_colorspace=_BT709,
+                                             dst_color_range=_RANGE_MPEG)
             frame.pts, frame.time_base = i, cc.time_base
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
@@ -368,8 +380,9 @@ def write_video(path, frames, fps: float, codec: str | None = None, crf: int = 1
         codec: None picks the first of :data:`CODEC_PREFERENCE` (:data:`WEBM_CODEC_PREFERENCE` for
             .webm) that works; a name forces that encoder (:class:`BackendUnavailableError` if this
             FFmpeg lacks it or the container cannot hold it).
-        crf: quality for libx264 (0 = lossless, 18 ~ visually lossless, 23 = x264 default);
-            bitrate-driven fallbacks scale their bitrate from it.
+        crf: quality for libx264 (0 = lossless luma, 18 ~ visually lossless, 23 = x264 default);
+            bitrate-driven fallbacks scale their bitrate from it. (yuv420p halves the colour
+            resolution at any crf; ``codec="ffv1"`` in .mkv is the exactly lossless choice.)
         even: ``"pad"`` (repeat the last row/column) or ``"crop"`` for odd sizes.
     """
     av = _av()
@@ -387,7 +400,8 @@ def write_video(path, frames, fps: float, codec: str | None = None, crf: int = 1
     frames = check_frames(frames)
     if frames.shape[0] == 0:
         raise InputError("cannot write a video with 0 frames")
-    frames = _make_even(frames, even)
+    if codec not in LOSSLESS_RGB_CODECS:     # only yuv420p needs even sizes
+        frames = _make_even(frames, even)
     # One uint8 copy up front: the encoder loop then only wraps arrays.
     arrays = [_to_uint8_array(f) for f in frames]
 

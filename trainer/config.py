@@ -82,6 +82,7 @@ class ScheduleConfig:
     batch_size: int = 1               # per process, per micro-step
     grad_accum: int = 0               # 0 = one micro-step per dataset (1 for a single dataset; Kiwi's rule)
     lr_schedule: str = "warmup_then_constant"   # or "kiwi_constant": ConstantLR factor 1/3 for 5 steps
+    decay_share: float = 0.0          # the LR falls linearly to 5 % over this last share of max_steps (0: never)
     timestep_shift: float = 5.0       # shift of the 1000-step training schedule
     seed: int = 0
 
@@ -219,6 +220,8 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
                               ("data.resolution", cfg.data.resolution, False),
                               ("data.text_len", cfg.data.text_len, False)):
         _positive(v, label, zero_ok)
+    if not 0 <= cfg.schedule.decay_share < 1:
+        raise InputError(f"schedule.decay_share must be in [0, 1), got {cfg.schedule.decay_share!r}.")
     if len(cfg.optimizer.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1
                                                  for b in cfg.optimizer.betas):
         raise InputError(f"optimizer.betas must be two numbers in [0, 1), got {cfg.optimizer.betas!r}.")

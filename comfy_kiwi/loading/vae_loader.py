@@ -8,7 +8,10 @@ Accepted sources:
 - a folder with ``config.json`` + ``diffusion_pytorch_model.safetensors``: the Kiwi release ``vae/``
   (original keys) or a diffusers ``AutoencoderKLWan`` folder (keys converted); a pipeline folder
   holding such a ``vae/`` subfolder;
-- an in-memory ``{name: tensor}`` state dict in either layout.
+- an in-memory ``{name: tensor}`` state dict in either layout;
+- a toy-world codec folder (``config.json`` naming ``KiwiToyPatchCodec``, no weights; a release root
+  holding one as ``vae/``): the lossless patch codec of ``comfy_kiwi/toy/codec.py``, so the trainer and
+  every loader take a toy model's "VAE" like a real one.
 
 The architecture is read from the tensor shapes (the version from the layout, widths from the conv
 shapes), so no config is needed; a config.json only supplies the latent statistics, and must agree
@@ -243,6 +246,11 @@ def load_vae(source, dtype: torch.dtype | None = None, device="cpu") -> WanVAE:
     ``dtype`` None keeps the stored precision (fp32/fp16/bf16; anything else becomes fp32).
     Raises :class:`CheckpointError` naming the source and the missing/mis-shaped keys.
     """
+    if isinstance(source, (str, Path)) and Path(source).expanduser().is_dir():
+        from ..toy.codec import is_codec_folder, load_codec
+        folder = _vae_folder(Path(source).expanduser())
+        if is_codec_folder(folder):
+            return load_codec(folder, device)         # weightless: dtype has nothing to cast
     prepared = _prepare(source)
     if prepared is None:
         state, _, name = _open(source)

@@ -62,6 +62,18 @@ def _release_dirs(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def encoder_config_of(source, preset: str | MLLMEncoderConfig | None = None) -> MLLMEncoderConfig:
+    """The settings :func:`load_mllm_encoder` would use for ``source`` (a release's
+    ``mllm_encoder/config.json`` over the preset), read without loading any weights."""
+    cfg = get_preset(preset)
+    path = Path(source).expanduser()
+    release = _release_dirs(path) if path.is_dir() else None
+    if release is not None and (release[0] / "config.json").exists():
+        cfg = MLLMEncoderConfig.from_release_json(_read_json(release[0] / "config.json"), cfg,
+                                                  str(release[0] / "config.json"))
+    return cfg
+
+
 def _is_qwen_folder(path: Path) -> bool:
     cfg = path / "config.json"
     return path.is_dir() and cfg.exists() and _read_json(cfg).get("model_type") in ("qwen2_5_vl",)

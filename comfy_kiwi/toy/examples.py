@@ -91,7 +91,8 @@ def judge_file_edit(video, instruction: str, edited: torch.Tensor, references=No
 
 
 def write_csv_dataset(folder, examples: list[ToyExample]) -> Path:
-    """Kiwi CSV dataset: videos (mp4) or images (png, 1-frame examples) plus metadata.csv."""
+    """Kiwi CSV dataset: videos or images (png, 1-frame examples) plus metadata.csv. Videos are lossless
+    FFV1 .mkv files, so the trainer reads back exactly the pixels the toy world drew."""
     from ..frames import tensor_to_pil as to_pil
     from ..video_io import write_video
     folder = Path(folder)
@@ -105,9 +106,9 @@ def write_csv_dataset(folder, examples: list[ToyExample]) -> Path:
             to_pil(_to_tensor(e.source[0])).save(folder / src)
             to_pil(_to_tensor(e.target[0])).save(folder / tgt)
         else:
-            src, tgt = f"{name}_src.mp4", f"{name}_tgt.mp4"
-            write_video(folder / src, _to_tensor(e.source), FPS, crf=0)
-            write_video(folder / tgt, _to_tensor(e.target), FPS, crf=0)
+            src, tgt = f"{name}_src.mkv", f"{name}_tgt.mkv"
+            write_video(folder / src, _to_tensor(e.source), FPS, codec="ffv1")
+            write_video(folder / tgt, _to_tensor(e.target), FPS, codec="ffv1")
         row = [src, tgt, e.instruction]
         if with_ref:
             ref = ""

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError
-from ..training.kiwi_numerics import (MixSchedule, constant_lr_warmup, kiwi_loss, noisy_and_target,
+from ..training.kiwi_numerics import (MixSchedule, constant_lr_warmup, kiwi_loss, linear_tail, noisy_and_target,
                                       sample_timestep_ids, timestep_and_sigma, weight_for_timestep)
 from .codec import Z_DIM
 from .data import DATASETS, dataset_examples, encode_contexts, prepare_samples, stack
@@ -105,9 +105,7 @@ def build_models(cfg: ToyTrainConfig) -> ToyModels:
 
 
 def _lr_factor(step: int, total: int, decay: float) -> float:
-    start = int(total * (1 - decay))
-    tail = 1.0 if step < start or total <= start else 1.0 - 0.95 * (step - start) / (total - start)
-    return constant_lr_warmup(step) * tail
+    return constant_lr_warmup(step) * linear_tail(step, total, decay)
 
 
 def training_loss(models: ToyModels, samples, generator: torch.Generator, shift: float,

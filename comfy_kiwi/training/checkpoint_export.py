@@ -10,7 +10,10 @@ Parts, as our modules name them:
   ``mllm.ref_connector.*``);
 - ``mllm_lora``: keys as ``comfy_kiwi.mllm.lora.lora_state_dict`` returns them
   (``model.model.language_model.layers.N.self_attn.q_proj.lora_A.default.weight``); Kiwi
-  prefixes them with ``mllm.``.
+  prefixes them with ``mllm.``;
+- ``mllm_model``: whole Qwen2.5-VL weights as the encoder names them (``model.model.language_model.*``,
+  ``model.model.visual.*``), for a language model trained in full (the toy world's, trained from
+  scratch); ``mllm.`` in front, as diffsynth names every tensor of the ``mllm`` module.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import torch
 from comfy_kiwi.errors import CheckpointError, InputError
 from comfy_kiwi.loading.dit_keys import KIWI_EMBEDDERS
 
-PARTS = ("dit", "mllm", "mllm_lora")
+PARTS = ("dit", "mllm", "mllm_lora", "mllm_model")
 
 # our DiT embedder prefix -> Kiwi top-level prefix
 _EMBEDDERS = {ours: kiwi for kiwi, ours in KIWI_EMBEDDERS.items()}
@@ -73,6 +76,11 @@ def to_kiwi_training_keys(state: Mapping[str, Mapping[str, torch.Tensor]]) -> di
             raise InputError(f"to_kiwi_training_keys: {key!r} is not a language-model q/k/v/o LoRA key "
                              "(model.model.language_model.layers.N.self_attn.q_proj.lora_A.default.weight).")
         put("mllm." + key, value)
+    for key, value in state.get("mllm_model", {}).items():
+        if not key.startswith("model.") or _MLLM_LORA.match(key):
+            raise InputError(f"to_kiwi_training_keys: {key!r} is not a Qwen2.5-VL weight of the encoder "
+                             "(model.model.language_model.* / model.model.visual.*).")
+        put("mllm." + key, value)
     return out
 
 
@@ -98,11 +106,13 @@ def from_kiwi_training_keys(flat: Mapping[str, torch.Tensor]) -> dict[str, dict[
             parts["mllm"][query] = value
         elif _MLLM_LORA.match(inner):
             parts["mllm_lora"][inner] = value
+        elif inner.startswith("model."):
+            parts["mllm_model"][inner] = value
         else:
             module = next((ours for ours, kiwi in _MLLM_MODULES.items() if key.startswith(kiwi)), None)
             if module is None:
                 raise CheckpointError(f"from_kiwi_training_keys: unexpected MLLM tensor {raw!r} (known: "
-                                      "*_queries.q, connetor.*, ref_connector.*, language-model LoRA A/B).")
+                                      "*_queries.q, connetor.*, ref_connector.*, language-model LoRA A/B, model.*).")
             parts["mllm"][module + key[len(_MLLM_MODULES[module]):]] = value
     return parts
 

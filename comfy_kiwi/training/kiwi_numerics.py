@@ -78,6 +78,16 @@ def constant_lr_warmup(step: int, factor: float = 1.0 / 3.0, total_iters: int = 
     return factor if step < total_iters else 1.0
 
 
+def linear_tail(step: int, total: int, share: float, floor: float = 0.05) -> float:
+    """LR multiplier falling linearly from 1 to ``floor`` over the last ``share`` of ``total`` steps
+    (not in the Kiwi release, which keeps the LR constant; the toy curriculum trains from scratch and
+    settles with it)."""
+    start = int(total * (1 - share))
+    if share <= 0 or step < start or total <= start:
+        return 1.0
+    return 1.0 - (1.0 - floor) * (step - start) / (total - start)
+
+
 class MixSchedule:
     """Deterministic interleave of several datasets, yielding ``(dataset_index, item_index)``.
 

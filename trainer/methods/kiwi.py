@@ -75,6 +75,9 @@ class KiwiMethod(TrainingMethod):
         if "dit" in o.trainable and (o.dit_storage == "fp8" or o.block_swap):
             raise InputError("method.options: the full DiT cannot train with dit_storage = \"fp8\" or block_swap; "
                              "train a DiT LoRA (\"dit_lora\") for those.")
+        if "mllm_model" in o.trainable and "mllm_lora" in o.trainable:
+            raise InputError("method.options.trainable: train either the whole language model (\"mllm_model\") or a "
+                             "LoRA on it (\"mllm_lora\"), not both.")
         if o.mllm_lora_rank < 1 or o.dit_lora_rank < 1 or o.block_swap < 0:
             raise InputError("method.options: LoRA ranks must be ≥ 1 and block_swap ≥ 0.")
         return o
@@ -107,7 +110,7 @@ class KiwiMethod(TrainingMethod):
             out["reference_pixels"] = _uint8(ref)[None]                                  # [1, 1, h, w, 3]
             out["canvas"] = torch.tensor([list(size)])                                   # (W, H) of the video
         if self.mllm_trains:
-            idx = select_frame_indices(frames.shape[0], self._mllm_config().max_frames)
+            idx = select_frame_indices(frames.shape[0], self._mllm_frames())
             out["mllm_frames"] = _uint8(frames[idx])[None]                               # [1, F', H, W, 3]
         else:
             mllm = encoders.get("mllm", lambda: self.load_mllm(self.device, self._dit_dim(), trainable=False))
@@ -139,6 +142,11 @@ class KiwiMethod(TrainingMethod):
         cap = self.options.mllm_max_pixels_per_frame
         return get_preset(self.cfg.model.mllm_preset).replace(max_pixels_per_frame=cap or None)
 
+    def _mllm_frames(self) -> int:
+        """Frames the MLLM sees: a release folder's own setting, else the preset's."""
+        from comfy_kiwi.mllm.loader import encoder_config_of
+        return encoder_config_of(self.cfg.model.mllm, self._mllm_config()).max_frames
+
     def _dit_dim(self) -> int:
         from comfy_kiwi.loading.dit_loader import describe_dit
         info = describe_dit(self.cfg.model.dit)
@@ -149,7 +157,7 @@ class KiwiMethod(TrainingMethod):
     def _init_parts(self) -> tuple[dict, dict]:
         """(Kiwi parts, DiT LoRA tensors) of ``checkpoint.init_from`` (empty without one)."""
         if not self.cfg.checkpoint.init_from:
-            return {"dit": {}, "mllm": {}, "mllm_lora": {}}, {}
+            return {"dit": {}, "mllm": {}, "mllm_lora": {}, "mllm_model": {}}, {}
         from comfy_kiwi.training.checkpoint_export import from_kiwi_training_keys
 
         from ..checkpoint import load_init_state
@@ -168,6 +176,8 @@ class KiwiMethod(TrainingMethod):
         parts, _ = self._init_parts()
         if parts["mllm"]:
             enc.load_extras(parts["mllm"], source=self.cfg.checkpoint.init_from, strict=False)
+        if parts["mllm_model"]:
+            _copy_into(enc, parts["mllm_model"], "MLLM weights")
         lora_trains = trainable and "mllm_lora" in self.trainable
         if lora_trains:
             o = self.options
@@ -204,13 +214,7 @@ class KiwiMethod(TrainingMethod):
                                        reference_first=o.reference_first)
         parts, _ = self._init_parts()
         if parts["dit"]:
-            own = dit.state_dict()
-            wrong = sorted(set(parts["dit"]) - set(own))
-            if wrong:
-                raise InputError(f"checkpoint.init_from: DiT tensors {wrong[:3]} do not fit model.dit.")
-            with torch.no_grad():
-                for k, v in parts["dit"].items():
-                    own[k].copy_(v.to(own[k].dtype))
+            _copy_into(dit, parts["dit"], "DiT tensors")
         mllm = self.load_mllm(device, dit.config.dim, trainable=True) if self.mllm_trains else None
         vae = load_vae(cfg.model.vae, dtype=parse_dtype(cfg.model.dtype), device=device) if reference else None
         return {"dit": dit, "mllm": mllm, "vae": vae}
@@ -306,6 +310,17 @@ class KiwiMethod(TrainingMethod):
             t = torch.full((1,), 1000.0 * sigma, device=x.device).to(torch.bfloat16).float()
             return module.predict(x, t, torch.tensor([sigma]), context, batch, ref).float()
         return sample_euler(velocity, x, flow_sigmas(steps, shift), progress=False)
+
+
+def _copy_into(module, tensors: dict, what: str) -> None:
+    """Copy ``checkpoint.init_from`` tensors into ``module`` (names and shapes must fit)."""
+    own = module.state_dict()
+    wrong = sorted(k for k, v in tensors.items() if k not in own or own[k].shape != v.shape)
+    if wrong:
+        raise InputError(f"checkpoint.init_from: {what} {wrong[:3]} do not fit the configured model.")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            own[k].copy_(v.to(own[k].dtype))
 
 
 def _uint8(frames: torch.Tensor) -> torch.Tensor:

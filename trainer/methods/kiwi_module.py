@@ -8,6 +8,7 @@ Parameter groups (``[method.options] trainable``), by the name of each parameter
 | image_queries / video_queries / ref_queries | ``mllm.<group>`` | ``mllm.<group>.q`` |
 | connector / ref_connector | ``mllm.connector.*`` / ``mllm.ref_connector.*`` | ``mllm.connetor.*`` [sic] / ``mllm.ref_connector.*`` |
 | mllm_lora | LoRA A/B of the language model's q/k/v/o | ``mllm.model.model.language_model.…lora_A.default.weight`` |
+| mllm_model | the whole Qwen2.5-VL (language model + vision tower; not the unused tied ``lm_head``), for a model trained from scratch (the toy world) | ``mllm.model.model.…`` |
 | dit | every DiT weight except the embedders | ``dit.*`` |
 | source_embedder / ref_embedder | ``dit.source_embedder.*`` / ``dit.ref_embedder.*`` | ``vae_condition.*`` / ``ref_vae_condition.*`` |
 | dit_lora | the DiT LoRA adapter | ``dit_lora.blocks.N.<linear>.lora_{A,B}.weight`` (ours) |
@@ -24,7 +25,8 @@ from comfy_kiwi.training.kiwi_numerics import kiwi_loss, noisy_and_target
 
 from .base import TrainModule
 
-MLLM_GROUPS = ("image_queries", "video_queries", "ref_queries", "connector", "ref_connector", "mllm_lora")
+MLLM_GROUPS = ("image_queries", "video_queries", "ref_queries", "connector", "ref_connector", "mllm_lora",
+               "mllm_model")
 DIT_GROUPS = ("dit", "source_embedder", "ref_embedder", "dit_lora")
 GROUPS = MLLM_GROUPS + DIT_GROUPS
 DIT_LORA_PREFIX = "dit_lora."
@@ -44,6 +46,8 @@ def group_of(name: str) -> str | None:
         inner = name[len("mllm."):]
         if ".lora_A." in inner or ".lora_B." in inner:
             return "mllm_lora"
+        if inner.startswith("model.model."):
+            return "mllm_model"
         if inner in ("image_queries", "video_queries", "ref_queries"):
             return inner
         for g in ("connector", "ref_connector"):
@@ -127,7 +131,7 @@ def kiwi_state(module: KiwiModule, trainable) -> dict[str, torch.Tensor]:
     """The trained groups under the Kiwi training-checkpoint names (+ ``dit_lora.*``), sharing storage
     with the parameters (so :func:`load_kiwi_state` can copy into them)."""
     from comfy_kiwi.mllm.lora import lora_state_dict
-    parts: dict[str, dict] = {"dit": {}, "mllm": {}, "mllm_lora": {}}
+    parts: dict[str, dict] = {"dit": {}, "mllm": {}, "mllm_lora": {}, "mllm_model": {}}
     if any(g in trainable for g in ("dit", "source_embedder", "ref_embedder")):
         for name, value in module.dit.state_dict().items():
             g = group_of("dit." + name)
@@ -137,7 +141,7 @@ def kiwi_state(module: KiwiModule, trainable) -> dict[str, torch.Tensor]:
         for name, value in module.mllm.state_dict().items():
             g = group_of("mllm." + name)
             if g in trainable and g != "mllm_lora":
-                parts["mllm"][name] = value
+                parts["mllm_model" if g == "mllm_model" else "mllm"][name] = value
         if "mllm_lora" in trainable:
             parts["mllm_lora"] = lora_state_dict(module.mllm)
     out = to_kiwi_training_keys(parts)

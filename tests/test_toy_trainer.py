@@ -1,0 +1,148 @@
+"""The toy world through the project's trainer: the toy presets read lossless toy data, the toy codec and
+the toy release, and ``python -m trainer``'s Kiwi loss is the in-memory toy driver's loss, gradient for
+gradient (so the benchmark's fast ablation runs train the same objective as the shipped model's run)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "trainer" / "presets"
+
+
+def _toy_run_folder(tmp_path: Path, count: int = 2):
+    """init/ (a small untrained toy release), data/<name>/metadata.csv and the three toy presets."""
+    from comfy_kiwi.toy.data import dataset_examples
+    from comfy_kiwi.toy.examples import write_csv_dataset
+    from comfy_kiwi.toy.models import ToyModelConfig
+    from comfy_kiwi.toy.release import write_toy_release
+    from comfy_kiwi.toy.train import ToyTrainConfig, build_models
+    small = ToyModelConfig(dit_dim=48, dit_ffn=96, dit_heads=2, dit_layers=1, num_queries=4)
+    models = build_models(ToyTrainConfig(model=small, seed=3))
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)     # as if partly trained: the adaLN-zero init gives most weights no gradient yet
+        for p in models.dit.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    write_toy_release(tmp_path / "init", models.dit, models.encoder, dit_dtype=torch.float32)
+    examples = {}
+    for name in ("image", "video", "reference"):
+        examples[name] = dataset_examples(name, "train", count)
+        write_csv_dataset(tmp_path / "data" / name, examples[name])
+    for n in (1, 2, 3):
+        shutil.copy(PRESETS / f"toy-kiwi-stage{n}.toml", tmp_path)
+    return models, examples
+
+
+def _without_init_from(path: Path) -> Path:
+    text = re.sub(r'(?m)^init_from = .*$', 'init_from = ""', path.read_text())
+    out = path.with_name(path.stem + "-fresh.toml")
+    out.write_text(text)
+    return out
+
+
+def test_toy_video_files_are_lossless(tmp_path):
+    from comfy_kiwi.toy.data import dataset_examples
+    from comfy_kiwi.toy.examples import write_csv_dataset
+    from trainer.data.datasets import load_pixels, read_records
+    ex = dataset_examples("video", "train", 1)[0]
+    records = read_records(write_csv_dataset(tmp_path, [ex]), "kiwi")
+    pixels = load_pixels(records[0].source, (32, 32), 17)                     # [1, 3, F, H, W] in [-1, 1]
+    drawn = torch.from_numpy(ex.source).permute(3, 0, 1, 2).float() / 127.5 - 1
+    assert records[0].source.endswith(".mkv")
+    assert torch.equal(((pixels[0] + 1) * 127.5).round(), ((drawn + 1) * 127.5).round())
+
+
+def test_trainer_kiwi_loss_and_gradients_equal_the_toy_driver(tmp_path):
+    from comfy_kiwi.toy.data import prepare_samples
+    from comfy_kiwi.toy.train import ToyModels, training_loss
+    from comfy_kiwi.training import kiwi_numerics as kn
+    from trainer.config import load_config
+    from trainer.data.cache import CachedDataset, build_cache
+    from trainer.data.datasets import read_records
+    from trainer.methods import get_method
+    models, examples = _toy_run_folder(tmp_path)
+    cfg = load_config(_without_init_from(tmp_path / "toy-kiwi-stage3.toml"))
+    method = get_method("kiwi")(cfg)
+    method.device = torch.device("cpu")
+    vae = method.load_models(cfg, "cpu")["vae"]
+    assert type(vae).__name__ == "ToyPatchCodec"                             # load_vae read the codec folder
+    datasets = {}
+    for spec in cfg.dataset_specs():
+        cache = build_cache(read_records(spec.dataset, spec.format, spec.base_path), cfg, lambda: vae, None,
+                            log=lambda *a: None, method=method, spec=spec)
+        datasets[spec.name] = CachedDataset(cache)
+    module = method.build(method.load_models(cfg, "cpu"))
+    toy = ToyModels(models.dit, models.encoder)
+    toy.dit.train()
+    toy.encoder.train()
+    toy.encoder.model.requires_grad_(True)
+    for name in ("image", "video", "reference"):
+        batch = method.collate([datasets[name][i] for i in range(2)])
+        g = torch.Generator().manual_seed(11)
+        ids = kn.sample_timestep_ids(2, g)                                   # the toy driver's draw order
+        t, sigma = kn.timestep_and_sigma(ids, 5.0)
+        draws = {"t": t, "sigma": sigma, "weight": kn.weight_for_timestep(t, 5.0),
+                 "noise": torch.randn(batch["target"].shape, generator=g), "reference_scale": torch.ones(2)}
+        module.zero_grad()
+        ours = module(batch, draws)
+        ours.backward()
+        samples = prepare_samples(examples[name], toy.encoder)
+        toy.dit.zero_grad()
+        toy.encoder.zero_grad()
+        ref_loss = training_loss(toy, samples, torch.Generator().manual_seed(11), 5.0)
+        ref_loss.backward()
+        torch.testing.assert_close(ours, ref_loss, rtol=1e-5, atol=1e-6)
+        pairs = [(module.dit.blocks[0].self_attn.q.weight, toy.dit.blocks[0].self_attn.q.weight),
+                 (module.dit.source_embedder.patch_embedding.weight, toy.dit.source_embedder.patch_embedding.weight),
+                 (module.mllm.connector[2].weight, toy.encoder.connector[2].weight),
+                 (module.mllm.model.model.language_model.layers[0].mlp.up_proj.weight,
+                  toy.encoder.model.model.language_model.layers[0].mlp.up_proj.weight),
+                 (module.mllm.model.model.visual.blocks[0].mlp.up_proj.weight,
+                  toy.encoder.model.model.visual.blocks[0].mlp.up_proj.weight)]
+        if name == "reference":
+            pairs.append((module.dit.ref_embedder.patch_embedding.weight, toy.dit.ref_embedder.patch_embedding.weight))
+        for ours_p, ref_p in pairs:
+            assert ref_p.grad is not None and ref_p.grad.abs().sum() > 0
+            torch.testing.assert_close(ours_p.grad, ref_p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_toy_curriculum_runs_through_the_trainer_and_exports_a_release(tmp_path):
+    """Three stages chained by init_from (a few steps each), exported with ``trainer export --to release``:
+    the release edits through the toy pipeline, and the whole language model really trained."""
+    from safetensors.torch import load_file
+
+    from comfy_kiwi.toy.release import is_toy_release, load_toy_pipeline
+    from trainer.config import load_config
+    from trainer.export import export
+    from trainer.loop import train
+    _toy_run_folder(tmp_path)
+    for n in (1, 2, 3):
+        cfg = load_config(tmp_path / f"toy-kiwi-stage{n}.toml",
+                          {"schedule": {"max_steps": 2, "batch_size": 2}, "logging": {"progress": False, "tensorboard": False}})
+        train(cfg, log=lambda *a: None)
+    final = load_file(str(tmp_path / "runs" / "toy-kiwi-stage3" / "kiwi.safetensors"))
+    assert any(k.startswith("mllm.model.model.language_model.layers.") for k in final)
+    assert any(k.startswith("mllm.model.model.visual.") for k in final)
+    assert "ref_vae_condition.patch_embedding.weight" in final
+    init = load_file(str(tmp_path / "init" / "mllm_encoder" / "model.safetensors"))
+    key = next(k for k in init if "layers.0.mlp.up_proj" in k and "visual" not in k)
+    trained = final["mllm.model.model.language_model.layers.0.mlp.up_proj.weight"]
+    assert not torch.equal(trained, init[key])                            # stage weights moved off the init
+    out = export(cfg, "release", tmp_path / "release")
+    assert is_toy_release(out)
+    pipe = load_toy_pipeline(out)
+    torch.testing.assert_close(pipe.mllm.model.model.language_model.layers[0].mlp.up_proj.weight, trained)
+
+
+def test_mllm_model_group_refuses_a_lora_next_to_it(tmp_path):
+    from comfy_kiwi.errors import InputError
+    from trainer.config import load_config
+    _toy_run_folder(tmp_path, count=1)
+    with pytest.raises(InputError, match="either the whole language model"):
+        load_config(tmp_path / "toy-kiwi-stage1.toml",
+                    {"method": {"options": {"trainable": ["mllm_model", "mllm_lora"]}}})
