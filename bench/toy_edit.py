@@ -1,24 +1,29 @@
 """Toy editing benchmark: the Kiwi stack learns to edit on a CPU, and which design choices matter.
 
-    python bench/toy_edit.py --export             # everything (2 runs at a time, ~1 h), then the report
-    python bench/toy_edit.py --runs kiwi --export # only the shipped model's run (and the baselines)
-    python bench/toy_edit.py --report             # tables + plot from the runs already in --out
-    python bench/toy_edit.py --evaluate comfy_kiwi/toy/default_model   # score the shipped folder
+    python bench/toy_edit.py --install             # everything (~1.5 h on 2 cores), then the report
+    python bench/toy_edit.py --runs shipped        # only the shipped model's run (and the baselines)
+    python bench/toy_edit.py --report              # tables + plot from the runs already in --out
+    python bench/toy_edit.py --evaluate comfy_kiwi/toy/default_model   # score a saved toy model folder
 
-Each run trains toy models from scratch with ``comfy_kiwi.toy.train`` (Kiwi numerics and curriculum),
-scores held-out toy edits (seed split "test") with the toy judge every 250 (200) steps (20 sampling
-steps, ``--curve-count`` examples per dataset), and finally with the command line's sampling settings
-(50 steps; ``--final-count`` examples per dataset, 16 for ablations). The shipped model's run has
-``--steps`` (1500); every ablation, the Kiwi configuration included, ``--ablation-steps`` (400). Runs:
+Jobs:
 
-- ``kiwi``: σ-scaled source add, image + video + reference data (the shipped default)
-- ``plain_add`` / ``concat`` / ``none``: other source injections (same data)
-- ``no_image``: σ-scaled add without image co-training (video + reference data only)
-- ``image_only``: image pairs only (ImVideoEdit's data regime), evaluated on videos too
+- ``shipped``: the shipped default, trained by the project's trainer with the Kiwi curriculum presets
+  (``bench/toy_train_default.py``: ``python -m trainer train`` on toy data, three stages, 2400 steps; every
+  checkpoint scored for the curve); ``--install`` makes it the embedded default.
+- the ablations, each trained from scratch for ``--ablation-steps`` (400) by the in-memory toy driver
+  ``comfy_kiwi.toy.train`` (same models, same Kiwi loss and curriculum as the trainer —
+  tests/test_toy_trainer.py checks loss and gradients are equal — without files or caches, so several
+  variants fit in an hour):
+  ``kiwi`` (σ-scaled source add, image + video + reference data: the shipped configuration),
+  ``plain_add`` / ``concat`` / ``none`` (other source injections; ``concat`` is ``WanDiT.source_mode = "concat"``),
+  ``no_image`` (σ add without image co-training), ``image_only`` (image pairs only, ImVideoEdit's data regime,
+  evaluated on videos too).
 
-Baselines: ``identity`` (return the source unchanged) and ``random`` (untrained model with random
-weights). Output in ``--out``: one JSON per run (ablations in ``ablations/``), ``results.md`` (tables) and
-``toy_edit.png`` (curves).
+Held-out toy edits (seed split "test") are scored by the toy judge during training (20 sampling steps,
+``--curve-count`` examples per dataset) and at the end as the command line samples (50 steps,
+``--final-count`` per dataset; 16 for ablations). Baselines: ``identity`` (return the source unchanged) and
+``random`` (untrained model with random weights). Output in ``--out``: one JSON per run (ablations in
+``ablations/``), ``results.md`` (tables) and ``toy_edit.png`` (curves).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ RUNS = {
 EVAL_DATASETS = ("image", "video", "reference")
 
 
-def _eval_pools(encoder, count: int):
+def eval_pools(encoder, count: int):
     from comfy_kiwi.toy.data import dataset_examples, prepare_samples
     return {name: prepare_samples(dataset_examples(name, "test", count), encoder) for name in EVAL_DATASETS}
 
@@ -56,9 +61,9 @@ def run_one(name: str, args) -> dict:
     from comfy_kiwi.toy.evaluate import evaluate
     from comfy_kiwi.toy.train import ToyTrainConfig, build_models, train
     torch.set_num_threads(args.threads)
-    cfg = ToyTrainConfig(steps=args.steps, threads=args.threads, seed=args.seed, **RUNS[name])
+    cfg = ToyTrainConfig(steps=args.ablation_steps, threads=args.threads, seed=args.seed, **RUNS[name])
     models = build_models(cfg)
-    curve_pools = _eval_pools(models.encoder, args.curve_count)
+    curve_pools = eval_pools(models.encoder, args.curve_count)
 
     def on_eval(step, m):
         t = time.time()
@@ -68,14 +73,9 @@ def run_one(name: str, args) -> dict:
 
     models, info = train(cfg, log=lambda s: print(f"[{name}] {s}", flush=True), on_eval=on_eval,
                          eval_every=args.eval_every, models=models)
-    final = evaluate(models.dit, models.encoder, _eval_pools(models.encoder, args.final_count), models.source_mode,
+    final = evaluate(models.dit, models.encoder, eval_pools(models.encoder, args.final_count), models.source_mode,
                      steps=50, seed=args.seed)
     info.update(name=name, final=final, final_settings={"steps": 50, "shift": 5.0, "count": args.final_count})
-    if args.export and name == "kiwi":
-        from comfy_kiwi.toy.release import DEFAULT_MODEL_DIR, write_toy_release
-        target = Path(args.export_dir) if args.export_dir else DEFAULT_MODEL_DIR
-        write_toy_release(target, models.dit, models.encoder, {k: info[k] for k in ("config", "seconds", "final")})
-        print(f"[{name}] wrote the toy model to {target}", flush=True)
     return info
 
 
@@ -91,30 +91,25 @@ def baselines(args) -> dict:
         for p in list(models.dit.head.parameters()) + list(models.dit.source_embedder.parameters()) + \
                 list(models.dit.ref_embedder.parameters()):
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    pools = _eval_pools(models.encoder, args.final_count)
+    pools = eval_pools(models.encoder, args.final_count)
     return {"identity": identity_baseline(pools),
             "random": evaluate(models.dit, models.encoder, pools, "sigma_add", steps=50, seed=args.seed)}
 
 
-def evaluate_release(folder, args) -> dict:
-    """Scores of a saved toy release folder (loaded the way the command line loads it), per denoise value."""
-    import torch
-
+def evaluate_folder(folder, count: int, seed: int = 0, denoise: float = 1.0) -> dict:
+    """Scores of a saved toy release folder, loaded the way the command line loads it (50 sampling steps)."""
     from comfy_kiwi.toy.evaluate import evaluate
     from comfy_kiwi.toy.release import load_toy_pipeline
-    torch.set_num_threads(args.threads)
     pipe = load_toy_pipeline(folder)
-    pools = _eval_pools(pipe.mllm, args.final_count)
-    return {f"denoise {d}": evaluate(pipe.dit, pipe.mllm, pools, "sigma_add", steps=50, seed=args.seed, denoise=d)
-            for d in args.denoise}
+    return evaluate(pipe.dit, pipe.mllm, eval_pools(pipe.mllm, count), "sigma_add", steps=50, seed=seed,
+                    denoise=denoise)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", default="kiwi," + ",".join(RUNS),
-                   help="comma-separated jobs: kiwi (the shipped model's run) and the ablations at the shorter "
-                        "budget: " + ", ".join(RUNS))
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps of the shipped model's run")
+    p.add_argument("--runs", default="shipped," + ",".join(RUNS),
+                   help="comma-separated jobs: shipped (the trainer's run of the shipped model) and the ablations: "
+                        + ", ".join(RUNS))
     p.add_argument("--ablation-steps", type=int, default=400, help="optimizer steps of each ablation run")
     p.add_argument("--curve-count", type=int, default=12, help="held-out examples per dataset for the curves")
     p.add_argument("--final-count", type=int, default=32, help="held-out examples per dataset for the table")
@@ -122,8 +117,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "toy_edit"))
-    p.add_argument("--export", action="store_true", help="write the kiwi run's model as the embedded default")
-    p.add_argument("--export-dir", default=None, help="write it here instead of comfy_kiwi/toy/default_model")
+    p.add_argument("--install", action="store_true", help="install the shipped run's model as the embedded default")
     p.add_argument("--report", action="store_true", help="only write the tables and plot from --out")
     p.add_argument("--evaluate", default=None, metavar="FOLDER",
                    help="only score a saved toy model folder (e.g. comfy_kiwi/toy/default_model) on the held-out edits")
@@ -134,7 +128,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.evaluate:
-        print(json.dumps(evaluate_release(args.evaluate, args), indent=2))
+        import torch
+        torch.set_num_threads(args.threads)
+        print(json.dumps({f"denoise {d}": evaluate_folder(args.evaluate, args.final_count, args.seed, d)
+                          for d in args.denoise}, indent=2))
         return 0
     if args.one:
         result = baselines(args) if args.one == "baselines" else run_one(args.one, args)
@@ -150,23 +147,24 @@ def main(argv=None) -> int:
 
 
 def _jobs(p, args) -> list[tuple[str, list[str]]]:
-    """(log name, arguments of one --one process): the baselines, the shipped model's run ("kiwi", first
-    in --runs) and the ablations (every name in --runs after it, kiwi included, at --ablation-steps)."""
+    """(log name, command) of each process: the baselines, the shipped model's trainer run and the ablations."""
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in RUNS]
+    unknown = [n for n in names if n not in RUNS and n != "shipped"]
     if unknown:
-        p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+        p.error(f"unknown runs {unknown}; choose from shipped, {', '.join(RUNS)}")
+    me = [sys.executable, __file__]
     common = ["--threads", str(args.threads), "--seed", str(args.seed), "--curve-count", str(args.curve_count)]
-    jobs = [("baselines", common + ["--out", args.out, "--final-count", str(args.final_count), "--one", "baselines"])]
-    if names and names[0] == "kiwi":
-        export = ["--export"] + (["--export-dir", args.export_dir] if args.export_dir else []) if args.export else []
-        jobs.append(("kiwi", common + export + ["--out", args.out, "--steps", str(args.steps), "--eval-every", "250",
-                                                "--final-count", str(args.final_count), "--one", "kiwi"]))
-        names = names[1:]
+    jobs = [("baselines", me + common + ["--out", args.out, "--final-count", str(args.final_count), "--one",
+                                         "baselines"])]
+    if "shipped" in names:
+        jobs.append(("shipped", [sys.executable, str(Path(__file__).with_name("toy_train_default.py")), "--out",
+                                 args.out, "--curve-count", str(args.curve_count), "--final-count",
+                                 str(args.final_count), "--seed", str(args.seed)] + (["--install"] if args.install else [])))
     abl = str(Path(args.out) / "ablations")
     for n in names:
-        jobs.append((f"ablation_{n}", common + ["--out", abl, "--steps", str(args.ablation_steps), "--eval-every",
-                                               "200", "--final-count", "16", "--one", n]))
+        if n != "shipped":
+            jobs.append((f"ablation_{n}", me + common + ["--out", abl, "--ablation-steps", str(args.ablation_steps),
+                                                        "--eval-every", "200", "--final-count", "16", "--one", n]))
     return jobs
 
 
@@ -176,9 +174,8 @@ def _run_parallel(jobs, args) -> None:
     pending, running = list(jobs), []
     while pending or running:
         while pending and len(running) < args.jobs:
-            name, job_args = pending.pop(0)
+            name, cmd = pending.pop(0)
             log = open(Path(args.out) / f"{name}.log", "w")
-            cmd = [sys.executable, __file__, *job_args]
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
             print(f"started {name}", flush=True)
         time.sleep(2)

@@ -1,7 +1,7 @@
 """Tables (markdown) and plot (PNG, drawn with PIL: no plotting library needed) of the toy benchmark.
 
-Reads ``OUT/baselines.json``, ``OUT/kiwi.json`` (the shipped model's run) and ``OUT/ablations/*.json``
-(every variant trained for the same, shorter budget)."""
+Reads ``OUT/baselines.json``, ``OUT/shipped.json`` (the shipped model's trainer run) and
+``OUT/ablations/*.json`` (every variant trained for the same, shorter budget)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-COLOURS = {"kiwi": (200, 40, 40), "plain_add": (240, 140, 20), "concat": (40, 140, 60), "none": (120, 120, 120),
+COLOURS = {"shipped": (120, 0, 0), "kiwi": (200, 40, 40), "plain_add": (240, 140, 20), "concat": (40, 140, 60), "none": (120, 120, 120),
            "no_image": (40, 90, 210), "image_only": (150, 60, 180)}
-LABELS = {"kiwi": "Kiwi: sigma-scaled add, image+video+ref", "plain_add": "plain add (no sigma)",
+LABELS = {"shipped": "shipped: python -m trainer, toy-kiwi-stage1/2/3",
+          "kiwi": "Kiwi: sigma-scaled add, image+video+ref", "plain_add": "plain add (no sigma)",
           "concat": "channel concat", "none": "no source latents", "no_image": "sigma add, no image co-training",
           "image_only": "image pairs only (ImVideoEdit data)"}
 METRICS = ("compliance", "preservation", "temporal", "overall")
@@ -39,7 +40,8 @@ def main_table(kiwi: dict | None, base: dict | None) -> str:
         lines.append(_row("return the source unchanged (identity)", base["identity"]))
         lines.append(_row("random model (untrained weights)", base["random"]))
     if kiwi:
-        lines.append(_row(f"shipped toy model ({kiwi['config']['steps']} steps, {kiwi['seconds'] / 60:.0f} min)",
+        lines.append(_row(f"shipped toy model (python -m trainer, {kiwi['config']['steps']} steps, "
+                          f"{kiwi['seconds'] / 60:.0f} min)",
                           kiwi["final"]))
     return "\n".join(lines)
 
@@ -84,7 +86,7 @@ def _panel(draw, box, curves: dict, base: dict | None, metric: str, dataset: str
             draw.text((x0 + 6, sy(v) - 12), key, fill=colour)
     for name, r in curves.items():
         pts = [(sx(h["step"]), sy(h["eval"][dataset][metric])) for h in r["history"]]
-        width = 3 if name == "kiwi" else 2
+        width = 3 if name in ("kiwi", "shipped") else 2
         if len(pts) > 1:
             draw.line(pts, fill=COLOURS[name], width=width)
         for x, y in pts:
@@ -96,14 +98,14 @@ def plot(kiwi: dict | None, runs: dict, base: dict | None, path: Path) -> None:
     d = ImageDraw.Draw(img)
     d.text((20, 8), "Toy benchmark: held-out toy edits scored by the toy judge vs training steps "
                     "(20 sampling steps; dashed: baselines)", fill=(0, 0, 0))
-    curves = {"kiwi": kiwi} if kiwi else {}
+    curves = {"shipped": kiwi} if kiwi else {}
     _panel(d, (60, 60, 540, 400), curves, base, "overall", "all",
-           "shipped model: overall (mean of image / video / reference)")
+           "shipped model (trainer checkpoints): overall (mean of image / video / reference)")
     _panel(d, (660, 60, 1140, 400), runs, base, "overall", "all", "ablations (same budget): overall")
     y = 440
     for i, name in enumerate(COLOURS):
-        x = 60 + (i % 3) * 370
-        yy = y + (i // 3) * 22
+        x = 60 + (i % 4) * 280
+        yy = y + (i // 4) * 22
         d.rectangle([x, yy + 3, x + 14, yy + 11], fill=COLOURS[name])
         d.text((x + 20, yy), LABELS[name], fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +114,7 @@ def plot(kiwi: dict | None, runs: dict, base: dict | None, path: Path) -> None:
 
 def write_report(out: Path) -> None:
     out = Path(out)
-    base, kiwi = _load(out / "baselines.json"), _load(out / "kiwi.json")
+    base, kiwi = _load(out / "baselines.json"), _load(out / "shipped.json")
     runs = {n: r for n in COLOURS if (r := _load(out / "ablations" / f"{n}.json"))}
     text = ["## Shipped model vs baselines (held-out edits, 50 sampling steps)", "", main_table(kiwi, base), "",
             "## Shipped model per edit kind", "", kind_table(kiwi), "",

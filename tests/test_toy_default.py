@@ -15,7 +15,7 @@ from comfy_kiwi.toy.release import DEFAULT_MODEL_DIR, load_toy_pipeline
 from comfy_kiwi.toy.world import make_example, split_seeds
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "transformer").is_dir(),
-                                reason="the embedded toy model is not built (python bench/toy_edit.py --runs kiwi --export)")
+                                reason="the embedded toy model is not built (python bench/toy_train_default.py --install)")
 
 
 @pytest.fixture(scope="module")

@@ -146,3 +146,24 @@ def test_mllm_model_group_refuses_a_lora_next_to_it(tmp_path):
     with pytest.raises(InputError, match="either the whole language model"):
         load_config(tmp_path / "toy-kiwi-stage1.toml",
                     {"method": {"options": {"trainable": ["mllm_model", "mllm_lora"]}}})
+
+
+def test_concat_ablation_uses_the_dits_viva_source_mode():
+    """The benchmark's channel-concat ablation is WanDiT's own VIVA path (source_mixer), starting as the
+    base DiT (P = [I | 0]) and reading the source once the projector's right half moves."""
+    from comfy_kiwi.toy.models import ToyModelConfig
+    from comfy_kiwi.toy.source_modes import dit_velocity
+    from comfy_kiwi.toy.train import ToyTrainConfig, build_models
+    small = ToyModelConfig(dit_dim=48, dit_ffn=96, dit_heads=2, dit_layers=1, num_queries=4)
+    dit = build_models(ToyTrainConfig(model=small, source_mode="concat")).dit
+    assert dit.source_mode == "concat" and dit.source_mixer is not None
+    with torch.no_grad():
+        dit.head.head.weight.normal_(0, 0.1)
+        g = torch.Generator().manual_seed(0)
+        x, src = torch.randn(1, 48, 2, 8, 8, generator=g), torch.randn(1, 48, 2, 8, 8, generator=g)
+        ctx, t, sigma = torch.randn(1, 4, 48, generator=g), torch.tensor([500.0]), torch.tensor([0.5])
+        base = dit_velocity(dit, x, t, sigma, ctx, None, None, "none")
+        torch.testing.assert_close(dit_velocity(dit, x, t, sigma, ctx, src, None, "concat"), base)
+        dit.source_mixer.projector.weight[:, 48:].normal_(0, 0.1)
+        moved = dit_velocity(dit, x, t, sigma, ctx, src, None, "concat")
+        assert (moved - base).abs().max() > 1e-3

@@ -11,7 +11,7 @@ All of it is the stock code path: ``WanDiT`` with Kiwi source/reference embedder
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -132,12 +132,9 @@ def build_toy_mllm(cfg: ToyModelConfig = ToyModelConfig(), seed: int = 0):
     return MLLMEncoder(model, processor, cfg.encoder_config(), init_seed=seed)
 
 
-def build_toy_dit(cfg: ToyModelConfig = ToyModelConfig(), seed: int = 0, in_dim: int | None = None) -> WanDiT:
-    """An untrained toy DiT with zero-initialised Kiwi source and reference embedders
-    (``in_dim`` 96 for the channel-concat ablation)."""
+def build_toy_dit(cfg: ToyModelConfig = ToyModelConfig(), seed: int = 0) -> WanDiT:
+    """An untrained toy DiT with zero-initialised Kiwi source and reference embedders."""
     dit_cfg = cfg.dit_config()
-    if in_dim is not None:
-        dit_cfg = replace(dit_cfg, in_dim=in_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         dit = WanDiT(dit_cfg)

@@ -2,8 +2,9 @@
 
 - ``sigma_add`` (Kiwi-Edit release): patch_embedding(x_t) + source_embedder(source) · σ
 - ``plain_add``: the same without the σ scale (· 1)
-- ``concat`` (VIVA-style): channel-concatenate source latents with x_t before the patch embedding
-  (the DiT's ``in_dim`` doubles; reference latents are zero-padded to that width)
+- ``concat`` (VIVA, eq. 2): the project's ``WanDiT.source_mode = "concat"``: x_t and the source are
+  patch-embedded separately and their tokens concatenated and projected back to the DiT width
+  (``source_mixer``; see ``comfy_kiwi/methods/viva_source.py``)
 - ``none``: no source latents; the DiT only sees the source through the MLLM context
 
 ``sigma_add`` is exactly what ``EditPipeline``/``sample_edit`` run, so a toy model trained with it is a
@@ -25,8 +26,11 @@ def check_source_mode(mode: str) -> str:
     return mode
 
 
-def dit_in_dim(mode: str, latent_channels: int) -> int:
-    return 2 * latent_channels if check_source_mode(mode) == "concat" else latent_channels
+def prepare_dit(dit, mode: str):
+    """Set ``dit`` up for ``mode``: the concat mode attaches VIVA's ``source_mixer``."""
+    if check_source_mode(mode) == "concat":
+        dit.attach_channel_concat_source()
+    return dit
 
 
 def dit_velocity(dit, x: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
@@ -38,9 +42,7 @@ def dit_velocity(dit, x: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor, con
         return dit(x, t, context, source_latents=source, source_scale=torch.ones_like(sigma),
                    reference_latents=reference)
     if mode == "concat":
-        if reference is not None:
-            reference = torch.cat([reference, torch.zeros_like(reference)], dim=1)
-        return dit(torch.cat([x, source], dim=1), t, context, reference_latents=reference)
+        return dit(x, t, context, source_latents=source, reference_latents=reference)
     if mode == "none":
         return dit(x, t, context, reference_latents=reference)
     raise InputError(f"unknown source mode {mode!r}; choose one of {', '.join(SOURCE_MODES)}.")

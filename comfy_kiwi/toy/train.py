@@ -22,10 +22,9 @@ import torch
 from ..errors import InputError
 from ..training.kiwi_numerics import (MixSchedule, constant_lr_warmup, kiwi_loss, linear_tail, noisy_and_target,
                                       sample_timestep_ids, timestep_and_sigma, weight_for_timestep)
-from .codec import Z_DIM
 from .data import DATASETS, dataset_examples, encode_contexts, prepare_samples, stack
 from .models import ToyModelConfig, build_toy_dit, build_toy_mllm
-from .source_modes import check_source_mode, dit_in_dim, dit_velocity
+from .source_modes import check_source_mode, dit_velocity, prepare_dit
 
 KIWI_STAGES = ((("image",), None), (("image", "video"), (1, 1)), (("image", "video", "reference"), (2, 1, 1)))
 
@@ -87,7 +86,7 @@ class ToyModels:
 
 
 def build_models(cfg: ToyTrainConfig) -> ToyModels:
-    dit = build_toy_dit(cfg.model, cfg.seed, in_dim=dit_in_dim(cfg.source_mode, Z_DIM))
+    dit = build_toy_dit(cfg.model, cfg.seed)
     encoder = build_toy_mllm(cfg.model, cfg.seed)
     if cfg.embedder_init == "random":
         # Kiwi zero-initialises the embedders and the connectors' last layers so a pretrained DiT starts
@@ -101,6 +100,7 @@ def build_models(cfg: ToyTrainConfig) -> ToyModels:
                 layers.append(encoder.ref_connector[2])
             for layer in layers:
                 layer.weight.copy_(torch.randn_like(layer.weight) / layer.weight[0].numel() ** 0.5)
+    prepare_dit(dit, cfg.source_mode)       # after the embedder init: the concat mixer copies patch_embedding
     return ToyModels(dit, encoder, cfg.source_mode)
 
 
