@@ -92,6 +92,8 @@ class KiwiMethod(TrainingMethod):
         sig = {"mllm": "pixels" if self.mllm_trains else "context", "preset": self.cfg.model.mllm_preset}
         if not self.mllm_trains:
             sig["max_pixels_per_frame"] = self.options.mllm_max_pixels_per_frame
+        elif self._mllm_frames() != self._mllm_config().max_frames:     # a release folder's own frame count
+            sig["mllm_frames"] = self._mllm_frames()
         return sig
 
     def cache_model_files(self) -> list[str]:
