@@ -155,7 +155,7 @@ def test_concat_ablation_uses_the_dits_viva_source_mode():
     from comfy_kiwi.toy.source_modes import dit_velocity
     from comfy_kiwi.toy.train import ToyTrainConfig, build_models
     small = ToyModelConfig(dit_dim=48, dit_ffn=96, dit_heads=2, dit_layers=1, num_queries=4)
-    dit = build_models(ToyTrainConfig(model=small, source_mode="concat")).dit
+    dit = build_models(ToyTrainConfig(model=small, source_mode="concat", embedder_init="zero")).dit
     assert dit.source_mode == "concat" and dit.source_mixer is not None
     with torch.no_grad():
         dit.head.head.weight.normal_(0, 0.1)
@@ -167,3 +167,5 @@ def test_concat_ablation_uses_the_dits_viva_source_mode():
         dit.source_mixer.projector.weight[:, 48:].normal_(0, 0.1)
         moved = dit_velocity(dit, x, t, sigma, ctx, src, None, "concat")
         assert (moved - base).abs().max() > 1e-3
+    live = build_models(ToyTrainConfig(model=small, source_mode="concat")).dit     # the benchmark's random init
+    assert live.source_mixer.projector.weight[:, 48:].abs().sum() > 0

@@ -1,4 +1,7 @@
-"""Train the toy Kiwi models on a CPU: the Kiwi-Edit curriculum and numerics at toy size.
+"""An in-memory driver of the toy Kiwi training: the Kiwi-Edit curriculum and numerics at toy size, without
+files, caches or a process per stage — fast enough for the benchmark's ablations. The shipped model is
+trained by the project's trainer (``trainer/presets/toy-kiwi-stage{1,2,3}.toml``); tests/test_toy_trainer.py
+checks that this driver's loss and gradients equal the trainer's on the same batch and draws.
 
 Numerics are the project's Kiwi-Edit training functions (``comfy_kiwi.training.kiwi_numerics``):
 timestep ids uniform over the shifted 1000-step schedule, bf16-rounded t and its σ, x_t = (1−σ)x0 + σε,
@@ -88,6 +91,7 @@ class ToyModels:
 def build_models(cfg: ToyTrainConfig) -> ToyModels:
     dit = build_toy_dit(cfg.model, cfg.seed)
     encoder = build_toy_mllm(cfg.model, cfg.seed)
+    prepare_dit(dit, cfg.source_mode)
     if cfg.embedder_init == "random":
         # Kiwi zero-initialises the embedders and the connectors' last layers so a pretrained DiT starts
         # unchanged; toy models trained from scratch have nothing to keep, and live source and
@@ -100,7 +104,9 @@ def build_models(cfg: ToyTrainConfig) -> ToyModels:
                 layers.append(encoder.ref_connector[2])
             for layer in layers:
                 layer.weight.copy_(torch.randn_like(layer.weight) / layer.weight[0].numel() ** 0.5)
-    prepare_dit(dit, cfg.source_mode)       # after the embedder init: the concat mixer copies patch_embedding
+            if dit.source_mixer is not None:    # VIVA's P = [I | 0] likewise starts the source path closed
+                right = dit.source_mixer.projector.weight[:, dit.config.dim:]
+                right.copy_(torch.randn_like(right) / dit.config.dim ** 0.5)
     return ToyModels(dit, encoder, cfg.source_mode)
 
 
