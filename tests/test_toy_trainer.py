@@ -169,3 +169,20 @@ def test_concat_ablation_uses_the_dits_viva_source_mode():
         assert (moved - base).abs().max() > 1e-3
     live = build_models(ToyTrainConfig(model=small, source_mode="concat")).dit     # the benchmark's random init
     assert live.source_mixer.projector.weight[:, 48:].abs().sum() > 0
+
+
+def test_decay_share_tail_of_the_trainer_lr_schedule():
+    """``schedule.decay_share``: constant (after the Kiwi warm-up) until the last share of max_steps, then a
+    straight fall to 5 %; 0 leaves the schedule untouched; values outside [0, 1) are refused."""
+    from comfy_kiwi.errors import InputError
+    from trainer.config import ScheduleConfig, TrainConfig, validate
+    from trainer.loop import lr_lambda
+    f = lr_lambda(ScheduleConfig(max_steps=100, lr_schedule="kiwi_constant", decay_share=0.4))
+    assert f(0) == pytest.approx(1 / 3) and f(10) == 1.0 and f(59) == 1.0
+    assert f(60) == 1.0 and f(80) == pytest.approx(1 - 0.95 * 0.5) and f(99) == pytest.approx(1 - 0.95 * 39 / 40)
+    flat = lr_lambda(ScheduleConfig(max_steps=100, lr_schedule="kiwi_constant"))
+    assert [flat(s) for s in (0, 50, 99)] == [pytest.approx(1 / 3), 1.0, 1.0]
+    cfg = TrainConfig()
+    cfg.schedule.decay_share = 1.0
+    with pytest.raises(InputError, match="decay_share"):
+        validate(cfg, check_files=False)
