@@ -76,6 +76,8 @@ def test_trainer_kiwi_loss_and_gradients_equal_the_toy_driver(tmp_path):
         cache = build_cache(read_records(spec.dataset, spec.format, spec.base_path), cfg, lambda: vae, None,
                             log=lambda *a: None, method=method, spec=spec)
         datasets[spec.name] = CachedDataset(cache)
+    # the MLLM sees the release folder's own frame count (4), not the kiwi-edit preset's 16
+    assert datasets["video"][0]["mllm_frames"].shape[-4] == models.encoder.config.max_frames == 4
     module = method.build(method.load_models(cfg, "cpu"))
     toy = ToyModels(models.dit, models.encoder)
     toy.dit.train()
@@ -125,6 +127,12 @@ def test_toy_curriculum_runs_through_the_trainer_and_exports_a_release(tmp_path)
         cfg = load_config(tmp_path / f"toy-kiwi-stage{n}.toml",
                           {"schedule": {"max_steps": 2, "batch_size": 2}, "logging": {"progress": False, "tensorboard": False}})
         train(cfg, log=lambda *a: None)
+        if n == 2:      # stage 2's language model starts from stage 1's trained weights (init_from)
+            from trainer.methods import get_method
+            stage1 = load_file(str(tmp_path / "runs" / "toy-kiwi-stage1" / "kiwi.safetensors"))
+            enc = get_method("kiwi")(cfg).load_mllm("cpu", 48, trainable=True)
+            torch.testing.assert_close(enc.model.model.language_model.layers[0].mlp.up_proj.weight,
+                                       stage1["mllm.model.model.language_model.layers.0.mlp.up_proj.weight"])
     final = load_file(str(tmp_path / "runs" / "toy-kiwi-stage3" / "kiwi.safetensors"))
     assert any(k.startswith("mllm.model.model.language_model.layers.") for k in final)
     assert any(k.startswith("mllm.model.model.visual.") for k in final)
