@@ -158,9 +158,9 @@ class KiwiMethod(TrainingMethod):
 
     def _init_parts(self) -> tuple[dict, dict]:
         """(Kiwi parts, DiT LoRA tensors) of ``checkpoint.init_from`` (empty without one)."""
+        from comfy_kiwi.training.checkpoint_export import PARTS, from_kiwi_training_keys
         if not self.cfg.checkpoint.init_from:
-            return {"dit": {}, "mllm": {}, "mllm_lora": {}, "mllm_model": {}}, {}
-        from comfy_kiwi.training.checkpoint_export import from_kiwi_training_keys
+            return {p: {} for p in PARTS}, {}
 
         from ..checkpoint import load_init_state
         state = load_init_state(self.cfg.checkpoint.init_from)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from comfy_kiwi.errors import CheckpointError, InputError
-from comfy_kiwi.training.checkpoint_export import to_kiwi_training_keys
+from comfy_kiwi.training.checkpoint_export import PARTS, to_kiwi_training_keys
 from comfy_kiwi.training.kiwi_numerics import kiwi_loss, noisy_and_target
 
 from .base import TrainModule
@@ -131,7 +131,7 @@ def kiwi_state(module: KiwiModule, trainable) -> dict[str, torch.Tensor]:
     """The trained groups under the Kiwi training-checkpoint names (+ ``dit_lora.*``), sharing storage
     with the parameters (so :func:`load_kiwi_state` can copy into them)."""
     from comfy_kiwi.mllm.lora import lora_state_dict
-    parts: dict[str, dict] = {"dit": {}, "mllm": {}, "mllm_lora": {}, "mllm_model": {}}
+    parts: dict[str, dict] = {p: {} for p in PARTS}
     if any(g in trainable for g in ("dit", "source_embedder", "ref_embedder")):
         for name, value in module.dit.state_dict().items():
             g = group_of("dit." + name)
