@@ -38,7 +38,8 @@ def test_zero_init_equals_base_model_exactly():
     assert torch.allclose(ive.paired_velocity(dit, src, tgt, t, ctx), target_only, atol=1e-5)
 
 
-def test_source_half_stays_base_and_target_changes_after_training():
+def test_both_halves_change_after_training():
+    """Eq. 10 updates all 2B rows: once the zero linears move, source and target outputs both leave the base's."""
     dit = tiny_dit(seed=2)
     src, tgt, t, ctx = inputs()
     paired = (torch.cat([src, tgt]), torch.cat([torch.zeros_like(t), t]), torch.cat([ctx, ctx]))
@@ -49,8 +50,7 @@ def test_source_half_stays_base_and_target_changes_after_training():
     perturb(adapter)
     out = dit(*paired)
     assert not torch.allclose(out[2:], base[2:], atol=1e-3)     # the target half is edited
-    # the source stream is the frozen base's in every block, so its own output is unchanged
-    assert torch.allclose(out[:2], base[:2], atol=1e-6)
+    assert not torch.allclose(out[:2], base[:2], atol=1e-3)     # and so is the source stream (Eq. 10, all rows)
 
 
 def test_state_dict_keys_of_dit_unchanged_and_adapter_saved_separately(tmp_path):

@@ -1,20 +1,22 @@
 """ImVideoEdit: a Predict-Update spatial-difference module beside every self-attention of a frozen Wan DiT.
 
 Source and target latents travel as one 2B batch ``[source; target]`` (the source clean, at t = 0).
-For each block, with X the self-attention's input (the modulated hidden state) and H_3D its output:
+For each block, with X the self-attention's input (the modulated hidden state) and H_3D its output,
+every one of the 2B rows goes through (the paper's equation numbers):
 
-    side(·)   frames folded into the batch, source and target of one frame side by side (h × 2w)
-    H_pred    = H_3D + ZeroLinear₁(Attn2D₁(LN₁(side(X))))                 (both halves)
-    H_2D      = H_pred of the source half, at the same (frame, y, x) as the target token
-    H_res     = H_pred[target] − H_2D                                      (the predicted spatial difference)
-    H_diff    = Attn2D₂(LN₂(H_res))                                        (per frame, h × w)
-    G         = sigmoid(MLP₂(CrossAttn(LN₃(H_diff), text)))
-    H_update  = H_pred[target] + G ⊙ ZeroLinear₂(H_diff)
+    Φ(·)      the joint 2D operator: frames folded into the batch, source and target of one frame side by
+              side (h × 2w); Φ⁻¹ splits it back into the 2B rows
+    (4) H_2D⁽¹⁾  = Φ⁻¹(Attn2D₁(LN₁(Φ(X))))
+    (5) H_pred   = H_3D + ZeroLinear₁(H_2D⁽¹⁾)
+    (6) H_res    = H_pred − H_2D⁽¹⁾
+    (7) H_diff   = Φ⁻¹(Attn2D₂(LN₂(Φ(H_res))))
+    (8) C        = CrossAttn(LN₃(H_diff), text)
+    (9) G        = sigmoid(MLP₂(C))
+    (10) H_update = H_pred + G ⊙ ZeroLinear₂(H_diff)                      (all 2B rows)
 
-The source half leaves the block with its plain H_3D, so the source stream is exactly the frozen base
-model's; only the target half is updated. Both zero linears start at 0, so an attached model equals the
-base model exactly until training moves them. Attn2D₁/₂ and CrossAttn start as copies of the block's own
-self-/cross-attention; the 2D RoPE uses frame index 0 and the (y, x) grid (x over 2w for the pair).
+Both zero linears start at 0, so an attached model equals the base model exactly until training moves
+them. Attn2D₁/₂ and CrossAttn start as copies of the block's own self-/cross-attention; the 2D RoPE uses
+frame index 0 and the (y, x) grid of the joint layout (x over 2w).
 
 Nothing is registered inside the DiT: hooks on ``dit``, each block and each ``self_attn`` read and
 rewrite activations, so the DiT's state-dict keys stay those of the base model. The adapter's own
@@ -56,37 +58,46 @@ class PredictUpdate(nn.Module):
             nn.init.zeros_(z.bias)
         self.to(dtype=dtype)
         self.context: torch.Tensor | None = None      # set by the block pre-hook on every call
+        self.trace: dict | None = None                # a dict here collects Eqs. 4–9 (tests)
 
     def _norm(self, norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(x, self.eps, norm).to(x.dtype)          # fp32 statistics, weights of any dtype
 
     def forward(self, x: torch.Tensor, h3d: torch.Tensor, grid, cfg) -> torch.Tensor:
-        """x, h3d [2B, f·h·w, dim] → new self-attention output [2B, f·h·w, dim] (source half unchanged)."""
+        """x, h3d [2B, f·h·w, dim] → H_update [2B, f·h·w, dim] (Eqs. 4–10 on every row).
+
+        When ``self.trace`` is a dict, the intermediates of Eqs. 4–9 are stored in it (for tests)."""
         f, h, w = grid
-        n, _, dim = x.shape
-        b = n // 2
         dtype = h3d.dtype
+        rope = rope_tables(cfg, 1, h, 2 * w, x.device)
+        h2d_1 = phi_inv(self.attn2d_1(self._norm(self.ln1, phi(x, grid)), rope), grid)          # (4)
+        h_pred = h3d + self.zero_1(h2d_1)                                                    # (5)
+        h_res = h_pred - h2d_1                                                               # (6)
+        h_diff = phi_inv(self.attn2d_2(self._norm(self.ln2, phi(h_res, grid)), rope), grid)     # (7)
+        ctx = self.context if self.context.shape[0] == x.shape[0] else self.context.expand(x.shape[0], -1, -1)
+        c = self.cross_attn(self._norm(self.ln3, h_diff), ctx.to(dtype))                     # (8)
+        gate = torch.sigmoid(self.gate_mlp(c))                                               # (9)
+        if self.trace is not None:
+            self.trace.update(x=x, h3d=h3d, h2d_1=h2d_1, h_pred=h_pred, h_res=h_res, h_diff=h_diff, c=c,
+                              gate=gate, context=ctx)
+        return (h_pred + gate * self.zero_2(h_diff)).to(dtype)                                # (10)
 
-        def side(t):                       # [2B, f·h·w, d] → [B·f, h·2w, d]
-            s, g = t[:b].reshape(b * f, h, w, dim), t[b:].reshape(b * f, h, w, dim)
-            return torch.cat([s, g], dim=2).reshape(b * f, h * 2 * w, dim)
 
-        def unside(t):                     # [B·f, h·2w, d] → (source, target) [B, f·h·w, d]
-            t = t.reshape(b * f, h, 2 * w, dim)
-            return t[:, :, :w].reshape(b, f * h * w, dim), t[:, :, w:].reshape(b, f * h * w, dim)
+def phi(t: torch.Tensor, grid) -> torch.Tensor:
+    """Φ: [2B, f·h·w, d] (rows [source; target]) → [B·f, h·2w, d], source | target of each frame side by side."""
+    f, h, w = grid
+    b, d = t.shape[0] // 2, t.shape[-1]
+    s, g = t[:b].reshape(b * f, h, w, d), t[b:].reshape(b * f, h, w, d)
+    return torch.cat([s, g], dim=2).reshape(b * f, h * 2 * w, d)
 
-        pair_rope = rope_tables(cfg, 1, h, 2 * w, x.device)
-        frame_rope = rope_tables(cfg, 1, h, w, x.device)
-        a1 = self.attn2d_1(self._norm(self.ln1, side(x)), pair_rope)
-        d_src, d_tgt = unside(self.zero_1(a1))
-        pred_tgt = h3d[b:] + d_tgt
-        h_res = pred_tgt - (h3d[:b] + d_src)                                   # H_pred − H_2D
-        h_diff = self.attn2d_2(self._norm(self.ln2, h_res.reshape(b * f, h * w, dim)), frame_rope)
-        h_diff = h_diff.reshape(b, f * h * w, dim)
-        ctx = self.context[b:] if self.context.shape[0] == n else self.context
-        gate = torch.sigmoid(self.gate_mlp(self.cross_attn(self._norm(self.ln3, h_diff), ctx.to(dtype))))
-        update = pred_tgt + gate * self.zero_2(h_diff)
-        return torch.cat([h3d[:b], update.to(h3d.dtype)])
+
+def phi_inv(t: torch.Tensor, grid) -> torch.Tensor:
+    """Φ⁻¹: [B·f, h·2w, d] → [2B, f·h·w, d] (left halves = source rows, right halves = target rows)."""
+    f, h, w = grid
+    bf, d = t.shape[0], t.shape[-1]
+    t = t.reshape(bf, h, 2 * w, d)
+    b = bf // f
+    return torch.cat([t[:, :, :w].reshape(b, f * h * w, d), t[:, :, w:].reshape(b, f * h * w, d)])
 
 
 class ImVideoEditAdapter(nn.Module):

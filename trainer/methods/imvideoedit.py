@@ -1,6 +1,8 @@
 """ImVideoEdit training: frozen Wan2.1 DiT + Predict-Update modules, learned from image pairs (1-frame videos).
 
-The model side lives in :mod:`comfy_kiwi.methods.imvideoedit`; this class only wires it to the loop.
+The model side lives in :mod:`comfy_kiwi.methods.imvideoedit`; this class wires it to the loop. The loss is
+the paper's Eq. 3: t ~ U(0, 1) (continuous, no timestep shift), x_t = (1 − t)·x0 + t·ε, the target half's
+velocity regressed onto ε − x0 (MSE); the source half is clean (t = 0).
 """
 
 from __future__ import annotations
@@ -55,12 +57,22 @@ class ImVideoEditModule(TrainModule):
         return flow_match_loss(v, x0, draws["noise"].to(x0.device))
 
 
+def uniform_draws(batch: dict, generator: torch.Generator) -> dict:
+    """Eq. 3: t ~ U(0, 1) per sample (σ = t; the DiT sees 1000·t) and ε ~ N(0, I)."""
+    x0 = batch["target"]
+    sigma = torch.rand(x0.shape[0], generator=generator, dtype=torch.float32)
+    return {"sigma": sigma, "noise": torch.randn(x0.shape, generator=generator, dtype=torch.float32)}
+
+
 class ImVideoEditMethod(TrainingMethod):
     name = "imvideoedit"
     Options = ImVideoEditOptions
     # the attention copies run through the base model's layer classes; if those skip a weight (a bias, say)
     # that weight gets no gradient, and DDP must tolerate it rather than fail
     find_unused_parameters = True
+
+    def draws(self, batch, generator) -> dict:
+        return uniform_draws(batch, generator)
 
     def build(self, models: dict) -> ImVideoEditModule:
         dit = models["dit"].requires_grad_(False).eval()
