@@ -43,6 +43,9 @@ COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Block linears: the only weights that may stay in fp8 (norms, embeddings, modulation, head stay wider).
 BLOCK_LINEAR = re.compile(r"blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])\.weight$")
 EMBEDDER_KEYS = {"patch_embedding.weight", "patch_embedding.bias"}
+# Kiwi-Edit paper's learnable γ(t) source scale (comfy_kiwi.models.conditioning.SourceGamma), when trained
+GAMMA_KEY = "gamma.table"
+SOURCE_GAMMA_KEY = "source_embedder." + GAMMA_KEY
 _EXPECTED = ("expected a Wan DiT: the original Wan layout (keys like 'blocks.0.self_attn.q.weight', optionally "
              "under 'model.diffusion_model.' (ComfyUI) or 'dit.' / 'pipe.dit.' (Kiwi training checkpoint)), a "
              "diffusers WanTransformer3DModel (keys like 'blocks.0.attn1.to_q.weight', or a folder with "
@@ -155,9 +158,11 @@ def _check_diffusers_config(cfg: WanDiTConfig, dcfg: dict, name: str) -> None:
 
 def _embedder_folder(folder: Path, key_prefix: str) -> tuple[LazyStateDict, dict]:
     state = open_state_dict(folder)
-    if set(state) != EMBEDDER_KEYS:
+    allowed = EMBEDDER_KEYS | {GAMMA_KEY} if key_prefix == "source_embedder." else EMBEDDER_KEYS
+    if not EMBEDDER_KEYS <= set(state) <= allowed:
         raise CheckpointError(f"{folder}: expected a Kiwi-Edit condition embedder (keys patch_embedding.weight, "
-                              f"patch_embedding.bias), found keys: {', '.join(list(state)[:6])}.")
+                              f"patch_embedding.bias{', optionally gamma.table' if GAMMA_KEY in allowed else ''}), "
+                              f"found keys: {', '.join(list(state)[:6])}.")
     cfg = _read_json(folder / "config.json") if (folder / "config.json").exists() else {}
     return state.renamed(lambda k: key_prefix + k), cfg
 
@@ -283,11 +288,14 @@ def _weight_scales(state: LazyStateDict) -> dict[str, tuple[int, ...]]:
 
 
 def build_empty(config: WanDiTConfig, has_source: bool = False, has_ref: bool = False,
-                scales: dict[str, tuple[int, ...]] | None = None, has_concat_source: bool = False) -> WanDiT:
+                scales: dict[str, tuple[int, ...]] | None = None, has_concat_source: bool = False,
+                has_source_gamma: bool = False) -> WanDiT:
     """The model skeleton on the meta device (no memory), with embedders and fp8 scales as needed."""
     with torch.device("meta"):
         model = WanDiT(config)
         model.attach_condition_embedders(source=has_source, reference=has_ref)
+        if has_source and has_source_gamma:      # Kiwi-Edit paper's γ(t) (key source_embedder.gamma.table)
+            model.source_embedder.attach_gamma()
         if has_concat_source:      # VIVA channel-concat source (source_mode "concat")
             model.attach_channel_concat_source()
     modules = dict(model.named_modules())
@@ -314,7 +322,8 @@ def load_dit(source, dtype: torch.dtype | None = None, device="cpu", attention: 
         state, name, _ = _open(source)
         raise _not_a_dit(name, state)
     dtype_for, _ = _dtype_rule(plan.state, dtype)
-    model = build_empty(plan.config, plan.has_source, plan.has_ref, _weight_scales(plan.state), plan.has_concat_source)
+    model = build_empty(plan.config, plan.has_source, plan.has_ref, _weight_scales(plan.state), plan.has_concat_source,
+                        SOURCE_GAMMA_KEY in plan.state)
     arch = preset_name(plan.config)
     converted = plan.format in ("diffusers", "kiwi-release")
     naming = "; known key names are shown in the original Wan layout" if converted else ""
@@ -358,7 +367,7 @@ def _describe_embedder(source) -> dict | None:
         return None
     folder = Path(source).expanduser()
     state = open_state_dict(folder)
-    if set(state) != EMBEDDER_KEYS:
+    if not EMBEDDER_KEYS <= set(state) <= EMBEDDER_KEYS | {GAMMA_KEY}:
         return None
     cfg = _read_json(folder / "config.json") if (folder / "config.json").exists() else {}
     w = state.shape("patch_embedding.weight")                    # [dim, in, pt, ph, pw]

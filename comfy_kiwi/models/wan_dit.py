@@ -429,10 +429,13 @@ class WanDiT(nn.Module):
         if scale is None:
             if t.shape[1] > 1:
                 raise InputError("with per-token timesteps, source_scale (σ per sample) must be given.")
-            return (t.float() / 1000.0).reshape(-1, 1, 1)
-        s = torch.as_tensor(scale, dtype=torch.float32, device=self.device)
-        if s.numel() not in (1, t.shape[0]):
-            raise InputError(f"source_scale must be a number or [B] = [{t.shape[0]}], got shape {tuple(s.shape)}.")
+            s = t.float() / 1000.0
+        else:
+            s = torch.as_tensor(scale, dtype=torch.float32, device=self.device)
+            if s.numel() not in (1, t.shape[0]):
+                raise InputError(f"source_scale must be a number or [B] = [{t.shape[0]}], got shape {tuple(s.shape)}.")
+        if self.source_embedder.gamma is not None:         # the paper's γ(t), keyed by the sample's 1000·σ
+            s = self.source_embedder.gamma(1000.0 * s.reshape(-1))
         return s.reshape(-1, 1, 1)
 
     def _context_mode(self, width: int) -> str:

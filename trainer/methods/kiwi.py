@@ -1,6 +1,9 @@
 """Kiwi-Edit / InstructX training: MLLM encoder (Qwen2.5-VL + learnable queries + connectors + LoRA) and
 a Wan DiT with σ-scaled source latents and reference tokens, trained with the released numerics.
 
+Source scale: the release's fixed σ by default; ``source_scale = "gamma"`` trains the paper's γ(t)
+(``comfy_kiwi.models.conditioning.SourceGamma``, saved as ``vae_condition.gamma.table``).
+
 Numerics (comfy_kiwi.training.kiwi_numerics): timestep id uniform over the 1000-step shifted schedule,
 t rounded to bf16 and σ the schedule entry nearest to it, x_t = (1−σ)x0 + σε, target ε − x0, loss
 mse · w(t) with the Gaussian weights. Reference augmentation: each step the reference is shrunk by a
@@ -33,12 +36,15 @@ from .base import TrainingMethod
 from .kiwi_module import DIT_LORA_PREFIX, GROUPS, MLLM_GROUPS, KiwiModule, kiwi_state, load_kiwi_state
 
 STORAGES = ("model", "fp8")
+SOURCE_SCALES = ("sigma", "gamma")
 
 
 @dataclass
 class KiwiOptions:
     trainable: list = field(default_factory=lambda: ["image_queries", "connector", "mllm_lora"])
     source_input: bool = False             # add source latents · σ after patch embedding (stages 2, 3)
+    source_scale: str = "sigma"            # "sigma": the release's fixed σ (its weights use it); "gamma": the
+                                           # paper's learnable γ(t) (Eq. 1), trained with the source_embedder group
     reference_first: bool = False          # ref_pad_first: reference tokens before the video tokens
     reference_scale: list = field(default_factory=lambda: [0.7, 1.0])   # shrink range of the VAE reference
     mllm_lora_rank: int = 64
@@ -70,6 +76,12 @@ class KiwiMethod(TrainingMethod):
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
             raise InputError(f"method.options.reference_scale must be [low, high] with 0 < low ≤ high ≤ 1, got "
                              f"{lo_hi!r} (the release draws from [0.7, 1.0]).")
+        if o.source_scale not in SOURCE_SCALES:
+            raise InputError(f"method.options.source_scale is {o.source_scale!r}; choose \"sigma\" (the release's "
+                             "fixed σ) or \"gamma\" (the paper's learnable γ(t)).")
+        if o.source_scale == "gamma" and not o.source_input:
+            raise InputError("method.options.source_scale = \"gamma\" scales the source latents: it needs "
+                             "source_input = true.")
         if o.dit_storage not in STORAGES:
             raise InputError(f"method.options.dit_storage is {o.dit_storage!r}; choose one of {', '.join(STORAGES)}.")
         if "dit" in o.trainable and (o.dit_storage == "fp8" or o.block_swap):
@@ -214,6 +226,8 @@ class KiwiMethod(TrainingMethod):
         dit.attach_condition_embedders(source=o.source_input or "source_embedder" in self.trainable,
                                        reference=reference or "ref_embedder" in self.trainable,
                                        reference_first=o.reference_first)
+        if o.source_scale == "gamma":     # before init_from, so a previous stage's γ(t) loads into it
+            dit.source_embedder.attach_gamma()
         parts, _ = self._init_parts()
         if parts["dit"]:
             _copy_into(dit, parts["dit"], "DiT tensors")

@@ -10,7 +10,7 @@ Parameter groups (``[method.options] trainable``), by the name of each parameter
 | mllm_lora | LoRA A/B of the language model's q/k/v/o | ``mllm.model.model.language_model.…lora_A.default.weight`` |
 | mllm_model | the whole Qwen2.5-VL (language model + vision tower; not the unused tied ``lm_head``), for a model trained from scratch (the toy world) | ``mllm.model.model.…`` |
 | dit | every DiT weight except the embedders | ``dit.*`` |
-| source_embedder / ref_embedder | ``dit.source_embedder.*`` / ``dit.ref_embedder.*`` | ``vae_condition.*`` / ``ref_vae_condition.*`` |
+| source_embedder / ref_embedder | ``dit.source_embedder.*`` (with ``gamma.table`` under ``source_scale = "gamma"``) / ``dit.ref_embedder.*`` | ``vae_condition.*`` / ``ref_vae_condition.*`` |
 | dit_lora | the DiT LoRA adapter | ``dit_lora.blocks.N.<linear>.lora_{A,B}.weight`` (ours) |
 """
 
