@@ -196,16 +196,47 @@ def test_reference_suffix_and_instructx_preset():
     assert (INSTRUCTX.num_image_queries, INSTRUCTX.num_video_queries) == (256, 512)
     assert get_preset("InstructX") is INSTRUCTX
     enc = load_mllm_encoder(tiny_kiwi_files().release)
-    ix = MLLMEncoder(enc.model, enc.processor, enc.config.replace(**{
-        k: getattr(INSTRUCTX, k) for k in ("max_frames", "num_ref_queries", "use_ref_connector", "name")}))
+    ix = instructx_encoder()
     assert ix.ref_connector is None and ix.ref_queries is None
     assert not any(k.startswith(("ref_queries", "ref_connector")) for k in ix.extras_state_dict())
     mode, vision = ix.prepare_vision(frames(40))
     assert vision.frame_indices == select_frame_indices(40, 13) and len(vision.frame_indices) == 13
     assert vision.video_grid_thw[0, 0] == 7                      # 13 frames, last one repeated
     assert ix.encode("make it red", frames(40)).shape == (1, 512, TINY_DIT_DIM)
+    no_ref = MLLMEncoder(ix.model, ix.processor, ix.config.replace(reference_without_branch="none"))
     with pytest.raises(InputError, match="no reference branch"):
-        ix.encode("make it red", frames(3), frames(1))
+        no_ref.encode("make it red", frames(3), frames(1))
+
+
+def instructx_encoder():
+    """The tiny release's Qwen, queries and connector under the InstructX settings (no reference branch)."""
+    enc = load_mllm_encoder(tiny_kiwi_files().release)
+    ix = MLLMEncoder(enc.model, enc.processor, enc.config.replace(**{
+        k: getattr(INSTRUCTX, k) for k in ("max_frames", "num_ref_queries", "use_ref_connector",
+                                           "reference_without_branch", "name")}))
+    ix.load_extras({k: v for k, v in enc.extras_state_dict().items() if not k.startswith("ref_")})
+    return ix
+
+
+def test_instructx_reference_joins_the_prompt_and_the_video_queries_read_it():
+    """InstructX reference editing: the reference image is in the MLLM prompt (after the source video), the
+    video queries read both, and the context is the connector output of those queries only (no reference
+    branch). Checked against the stock transformers forward. Mutations tried: dropping the reference image
+    from the prompt → the context equals the no-reference one and the stock comparison fails on token layout;
+    prepending tokens for the reference (Kiwi's branch) → shape check fails."""
+    ix = instructx_encoder()
+    src, ref = frames(5, 100, 150, seed=3), frames(1, 50, 80, seed=4)
+    mode, vision = ix.prepare_vision(src, ref)
+    assert mode == "reference" and vision.image_grid_thw is not None
+    ids = ix.prompt_ids(mode, "replace the cat with this dog", vision)
+    assert int((ids == ix.processor.placeholder_id).sum()) == INSTRUCTX.num_video_queries
+    with torch.no_grad():
+        ours = ix.encode("replace the cat with this dog", src, ref)
+        theirs = stock_context(ix, "video", ids, vision, ix.video_queries)
+        plain = ix.encode("replace the cat with this dog", src)
+    assert ours.shape == (1, INSTRUCTX.num_video_queries, TINY_DIT_DIM)
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert not torch.allclose(ours, plain, atol=1e-4)             # the reference reaches the context
 
 
 # --------------------------------------------------------------------------------------------------

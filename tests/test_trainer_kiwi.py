@@ -35,7 +35,10 @@ def preset_cfg(tiny, preset, name=None, **overrides):
     if preset == "kiwi-lora-5b-480p":
         opts["method"] = {"options": {"dit_storage": "fp8", "block_swap": 1}}   # the tiny DiT has 2 blocks
     opts.update(overrides)
-    return load_config(tiny_preset(preset, root / (name or preset), models, data, **opts))
+    cfg = load_config(tiny_preset(preset, root / (name or preset), models, data, **opts))
+    if preset in ("instructx-full", "instructx-quality"):     # 128:16:16 would make 4 image-only micro-steps
+        cfg.data.mix_weights = []
+    return cfg
 
 
 def fresh(cfg):

@@ -1,7 +1,7 @@
 """Settings of the MLLM instruction encoder (Qwen2.5-VL + learnable queries + connectors).
 
 The defaults are the released Kiwi-Edit values (``KIWI_EDIT``); ``INSTRUCTX`` is the same family
-without the reference branch and with 13 MLLM frames. A Kiwi release stores a subset of these in
+without the reference branch (a reference image only joins the prompt) and with 13 MLLM frames. A Kiwi release stores a subset of these in
 ``mllm_encoder/config.json``; :meth:`MLLMEncoderConfig.from_release_json` / :meth:`to_release_json`
 read and write exactly those keys.
 """
@@ -29,6 +29,10 @@ class MLLMEncoderConfig:
     num_video_queries: int = 512
     num_ref_queries: int = 768
     use_ref_connector: bool = True
+    # How a reference image reaches the context when the encoder has no reference branch: "none" refuses it
+    # (Kiwi instruct-only); "video" (InstructX) puts it in the prompt after the source video, the video
+    # queries read both, and the context is the connector output of those queries alone.
+    reference_without_branch: str = "none"
     # Frames the MLLM sees: linspace(0, n-1, max_frames).round() when the source is longer.
     max_frames: int = 16
     # Per-frame pixel cap of the video (inference value; the 5B training scripts left it None,
@@ -57,6 +61,9 @@ class MLLMEncoderConfig:
             raise InputError(f"MLLM encoder config: num_ref_queries must be >= 0, got {self.num_ref_queries}.")
         if self.max_pixels_per_frame is not None and self.max_pixels_per_frame <= 0:
             raise InputError("MLLM encoder config: max_pixels_per_frame must be positive or None (no cap).")
+        if self.reference_without_branch not in ("none", "video"):
+            raise InputError("MLLM encoder config: reference_without_branch must be \"none\" or \"video\", got "
+                             f"{self.reference_without_branch!r}.")
         if self.video_fps <= 0:
             raise InputError(f"MLLM encoder config: video_fps must be positive, got {self.video_fps}.")
 
@@ -64,6 +71,11 @@ class MLLMEncoderConfig:
     def has_reference(self) -> bool:
         """True when the encoder has a reference branch (ref queries + ref connector)."""
         return self.use_ref_connector and self.num_ref_queries > 0
+
+    @property
+    def takes_reference(self) -> bool:
+        """True when a reference image can be encoded (a reference branch, or InstructX's prompt-only path)."""
+        return self.has_reference or self.reference_without_branch == "video"
 
     def replace(self, **changes) -> MLLMEncoderConfig:
         return dataclasses.replace(self, **changes)
@@ -93,8 +105,11 @@ class MLLMEncoderConfig:
 
 KIWI_EDIT = MLLMEncoderConfig()
 
+# InstructX: no reference queries or connector; a reference image joins the MLLM prompt (its VAE latents
+# join the DiT sequence through the reference embedder)
 INSTRUCTX = MLLMEncoderConfig(num_image_queries=256, num_video_queries=512, num_ref_queries=0,
-                              use_ref_connector=False, max_frames=13, name="instructx")
+                              use_ref_connector=False, reference_without_branch="video", max_frames=13,
+                              name="instructx")
 
 PRESETS: dict[str, MLLMEncoderConfig] = {"kiwi-edit": KIWI_EDIT, "instructx": INSTRUCTX}
 

@@ -11,7 +11,9 @@ One forward, as the released code computes it:
 4. features = final (post-norm) hidden state ``[:, -N:]``: because the prompt ends with
    ``<|im_end|>\\n`` this is queries 3..N plus those two tokens, exactly as released;
    context = ``connector(features)``; reference mode prepends
-   ``ref_connector(hidden[:, vs+1:ve])`` (the reference image tokens).
+   ``ref_connector(hidden[:, vs+1:ve])`` (the reference image tokens). Without a reference branch
+   (InstructX, ``reference_without_branch = "video"``) the reference image only joins the prompt and
+   the video queries read it.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ class MLLMEncoder(nn.Module):
     # Encoding ----------------------------------------------------------------------------------
     def queries_for(self, mode: str) -> torch.Tensor:
         num_queries_for(mode, self.config)   # raises for reference without a reference branch
-        return {"image": self.image_queries, "video": self.video_queries, "reference": self.ref_queries}[mode]
+        ref = self.ref_queries if self.config.has_reference else self.video_queries     # InstructX: video queries
+        return {"image": self.image_queries, "video": self.video_queries, "reference": ref}[mode]
 
     def encode(self, instruction: str, frames, reference=None, *, allow_empty: bool = False) -> torch.Tensor:
         """Context tokens ``[1, L, dit_dim]`` for one instruction and the source frames
@@ -272,7 +275,7 @@ class MLLMEncoder(nn.Module):
         # The released slice: the last N positions (queries 3..N + "<|im_end|>" + "\n").
         # connectors may be kept in fp32 while training a bf16 Qwen (their weights' dtype decides)
         context = self.connector(hidden[:, -n:].to(self.connector[0].weight.dtype))
-        if mode == "reference":
+        if mode == "reference" and self.config.has_reference:     # Kiwi: + the reference image's own tokens
             start, end = reference_token_span(input_ids[0], self.processor.vision_start_id,
                                               self.processor.vision_end_id)
             ref = self.ref_connector(hidden[:, start:end].to(self.ref_connector[0].weight.dtype))

@@ -42,11 +42,13 @@ def num_queries_for(mode: str, cfg: MLLMEncoderConfig) -> int:
     if mode == "video":
         return cfg.num_video_queries
     if mode == "reference":
-        if not cfg.has_reference:
-            raise InputError(f"the {cfg.name} MLLM encoder has no reference branch (no reference queries or "
-                             "reference connector); remove the reference image or load a Kiwi-Edit "
-                             "reference model.")
-        return cfg.num_ref_queries
+        if cfg.has_reference:
+            return cfg.num_ref_queries
+        if cfg.reference_without_branch == "video":      # InstructX: the video queries read source + reference
+            return cfg.num_video_queries
+        raise InputError(f"the {cfg.name} MLLM encoder has no reference branch (no reference queries or "
+                         "reference connector); remove the reference image or load a Kiwi-Edit "
+                         "reference model.")
     raise InputError(f"unknown MLLM mode {mode!r}; expected one of {', '.join(MODES)}.")
 
 
