@@ -84,9 +84,9 @@ def test_trainer_option_trains_saves_and_reloads_gamma(tiny):
     from trainer.config import load_config
     from trainer.loop import train
     root, models, data = tiny
-    cfg = load_config(tiny_preset("kiwi-stage2", root / "run", models, data, optimizer={"lr": 2e-3},
-                                  schedule={"grad_accum": 0, "max_steps": 2},
-                                  method={"options": {"source_scale": "gamma"}}))
+    toml = tiny_preset("kiwi-stage2", root / "run", models, data, optimizer={"lr": 2e-3},
+                       schedule={"grad_accum": 0, "max_steps": 2}, method={"options": {"source_scale": "gamma"}})
+    cfg = load_config(toml)
     result = train(cfg, log=lambda *a: None)
     table = result["module"].dit.source_embedder.gamma.table.detach().cpu()
     assert not torch.allclose(table, SourceGamma().table.detach(), atol=1e-7)     # it trained
@@ -94,6 +94,12 @@ def test_trainer_option_trains_saves_and_reloads_gamma(tiny):
     assert torch.equal(saved["vae_condition.gamma.table"], table)
     dit = load_dit(cfg.output_dir / "kiwi.safetensors", dtype=torch.float32)
     assert torch.equal(dit.source_embedder.gamma.table, table)
+    # a release folder keeps it as source_embedder/ gamma.table, and its loader attaches it
+    from trainer.__main__ import main as trainer_main
+    out = root / "release"
+    assert trainer_main(["export", "--config", str(toml), "--to", "release", "--out", str(out)]) == 0
+    assert "gamma.table" in load_file(str(out / "source_embedder" / "diffusion_pytorch_model.safetensors"))
+    assert torch.equal(load_dit(out, dtype=torch.float32).source_embedder.gamma.table, table)
 
     with pytest.raises(InputError, match="source_scale"):
         load_config(tiny_preset("kiwi-stage2", root / "bad", models, data,
