@@ -51,16 +51,28 @@ def ln(norm, x):
     return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
 
 
-def traced_run(seed=0):
-    """A perturbed adapter on a tiny DiT; returns (module of BLOCK with its trace, grid, cfg, the output of
-    that block's self-attention as the DiT saw it, the DiT with the paired context it was given)."""
-    g = torch.Generator().manual_seed(seed)
+def joint_2d_attention_ref(attn, norm, t, grid, cfg):
+    """Φ⁻¹(Attn(LN(Φ(t)))) with Φ by loops and the 2D RoPE of the h × 2w joint grid at frame 0."""
+    rope = rope_tables(cfg, 1, grid[1], 2 * grid[2])
+    return phi_inv_ref(attn(ln(norm, phi_ref(t, grid)).to(t.dtype), rope), grid)
+
+
+def attached_dit(g):
+    """A tiny DiT with ImVideoEdit attached and every adapter weight moved off its initial value."""
     dit = tiny_dit(seed=3)
     torch.manual_seed(0)
     adapter = ive.attach(dit)
     with torch.no_grad():
         for p in adapter.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return dit, adapter
+
+
+def traced_run(seed=0):
+    """A perturbed adapter on a tiny DiT; returns (module of BLOCK with its trace, grid, cfg, the output of
+    that block's self-attention as the DiT saw it, the DiT with the paired context it was given)."""
+    g = torch.Generator().manual_seed(seed)
+    dit, adapter = attached_dit(g)
     module = adapter.blocks[BLOCK]
     module.trace = {}
     seen = {}
@@ -86,10 +98,8 @@ def test_eq4_first_2d_attention_on_the_joint_layout():
     """Eq. 4: H_2D⁽¹⁾ = Φ⁻¹(Attn2D₁(LN₁(Φ(X)))), RoPE over the h × 2w joint grid at frame 0.
     Mutations tried: attention per image (h × w, no side-by-side) → fails; LN₁ dropped → fails."""
     m, grid, cfg, _, _ = traced_run()
-    tr = m.trace
-    rope = rope_tables(cfg, 1, grid[1], 2 * grid[2])
-    expected = phi_inv_ref(m.attn2d_1(ln(m.ln1, phi_ref(tr["x"], grid)).to(tr["x"].dtype), rope), grid)
-    torch.testing.assert_close(tr["h2d_1"], expected, atol=1e-5, rtol=1e-5)
+    expected = joint_2d_attention_ref(m.attn2d_1, m.ln1, m.trace["x"], grid, cfg)
+    torch.testing.assert_close(m.trace["h2d_1"], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_eq5_prediction_adds_the_zero_linear_of_h2d_to_h3d():
@@ -112,10 +122,8 @@ def test_eq7_second_2d_attention_on_the_joint_layout():
     """Eq. 7: H_diff = Φ⁻¹(Attn2D₂(LN₂(Φ(H_res)))) with the same joint operator as Eq. 4.
     Mutation tried: Attn2D₂ per target frame over h × w (the former code) → fails."""
     m, grid, cfg, _, _ = traced_run()
-    tr = m.trace
-    rope = rope_tables(cfg, 1, grid[1], 2 * grid[2])
-    expected = phi_inv_ref(m.attn2d_2(ln(m.ln2, phi_ref(tr["h_res"], grid)).to(tr["h_res"].dtype), rope), grid)
-    torch.testing.assert_close(tr["h_diff"], expected, atol=1e-5, rtol=1e-5)
+    expected = joint_2d_attention_ref(m.attn2d_2, m.ln2, m.trace["h_res"], grid, cfg)
+    torch.testing.assert_close(m.trace["h_diff"], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_eq8_cross_attention_of_h_diff_to_each_rows_text():
@@ -178,12 +186,7 @@ def test_eq3_loss_is_target_velocity_mse_at_x_t():
     rows only. Mutations tried: x_t = t·x0 + (1 − t)·ε → fails; the loss over all 2B rows → fails."""
     from trainer.methods.imvideoedit import ImVideoEditModule
     g = torch.Generator().manual_seed(4)
-    dit = tiny_dit(seed=3)
-    torch.manual_seed(0)
-    adapter = ive.attach(dit)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    dit, adapter = attached_dit(g)
     x0, src = torch.randn(B, 16, 1, H, W, generator=g), torch.randn(B, 16, 1, H, W, generator=g)
     ctx = torch.randn(B, 5, 32, generator=g)
     draws = _method().draws({"target": x0}, g)
