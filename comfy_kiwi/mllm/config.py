@@ -1,9 +1,9 @@
 """Settings of the MLLM instruction encoder (Qwen2.5-VL + learnable queries + connectors).
 
 The defaults are the released Kiwi-Edit values (``KIWI_EDIT``); ``INSTRUCTX`` is the same family
-without the reference branch (a reference image only joins the prompt) and with 13 MLLM frames. A Kiwi release stores a subset of these in
-``mllm_encoder/config.json``; :meth:`MLLMEncoderConfig.from_release_json` / :meth:`to_release_json`
-read and write exactly those keys.
+without the reference branch (a reference image only joins the prompt) and with 13 MLLM frames. A
+Kiwi release stores a subset of these in ``mllm_encoder/config.json``;
+:meth:`MLLMEncoderConfig.from_release_json` / :meth:`to_release_json` read and write exactly those keys.
 """
 
 from __future__ import annotations
@@ -71,11 +71,6 @@ class MLLMEncoderConfig:
     def has_reference(self) -> bool:
         """True when the encoder has a reference branch (ref queries + ref connector)."""
         return self.use_ref_connector and self.num_ref_queries > 0
-
-    @property
-    def takes_reference(self) -> bool:
-        """True when a reference image can be encoded (a reference branch, or InstructX's prompt-only path)."""
-        return self.has_reference or self.reference_without_branch == "video"
 
     def replace(self, **changes) -> MLLMEncoderConfig:
         return dataclasses.replace(self, **changes)
