@@ -23,7 +23,11 @@ local_add; also ``openve-<category>``)
     Instruction Adherence 0-30, Temporal Consistency 0-30, Visual Fidelity 0-25, Artifact Absence
     0-15. Overall = the sum, 0-100.
 ``reference-quality``
-    one 1-10 score of a synthesised reference image (used by the reference quality check).
+    one 1-10 score of a synthesised reference image (used by the reference quality check); the judge sees
+    the source frame, the edited frame and the reference.
+``edit-pair-quality``
+    the filter on an edit pair before grounding (RefVIE filters its source pairs by EditScore): Semantic
+    Consistency and Perceptual Quality, 0-10 each; overall = their geometric mean, 0-10 (VIEScore's rule).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class Rubric:
     name: str
     title: str
     dimensions: tuple[Dimension, ...]
-    overall: str = "mean"                 # "mean" or "sum" of the dimension scores
+    overall: str = "mean"                 # "mean", "sum" or "geometric" (mean) of the dimension scores
     cap_to_first: bool = False            # enforce: dimensions 2.. may not exceed dimension 1
     states_cap: bool = False              # the prompt tells the judge about that rule
     category: str | None = None
@@ -235,7 +239,7 @@ _REFERENCE_QUALITY = Rubric(
     role="You check reference images made for training a reference-guided video editing model.",
     task="A reference image was cut out of an edited frame. Say how usable it is as the reference for this "
          "edit.",
-    inputs=("edited", "reference"), requires_reference=True,
+    inputs=("source", "edited", "reference"), requires_reference=True,
     dimensions=(
         Dimension("score", "Reference Quality", 1, 10,
                   "10: it shows exactly the content the instruction brings in, complete, sharp and cleanly "
@@ -245,10 +249,27 @@ _REFERENCE_QUALITY = Rubric(
     ),
 )
 
-_FIXED = {r.name: r for r in (_VIE, _REFVIE_SUBJECT, _REFVIE_BACKGROUND, _IMVIDEOEDIT, _REFERENCE_QUALITY)}
+_EDIT_PAIR_QUALITY = Rubric(
+    name="edit-pair-quality", title="Edit pair quality check (EditScore-style)", overall="geometric",
+    role="You check image and video editing pairs before they are used to train an editing model.",
+    task="An edited frame was made from a source frame by the instruction below. Say how good the pair is as a "
+         "training example of that instruction.",
+    inputs=("source", "edited"),
+    dimensions=(
+        Dimension("semantic_consistency", "Semantic Consistency", 0, 10,
+                  "10: the edit does exactly what the instruction asks and nothing else changes. 0: the instruction "
+                  "is not carried out, or the edit changes much more than asked (over-editing)."),
+        Dimension("perceptual_quality", "Perceptual Quality", 0, 10,
+                  "10: the edited frame looks natural and clean. 0: strong artifacts, distortions, blur or "
+                  "unnatural lighting, seams around the edited region."),
+    ),
+)
+
+_FIXED = {r.name: r for r in (_VIE, _REFVIE_SUBJECT, _REFVIE_BACKGROUND, _IMVIDEOEDIT, _REFERENCE_QUALITY,
+                              _EDIT_PAIR_QUALITY)}
 _ALIASES = {"viva": "vie-bench", "vie": "vie-bench", "imvideoedit": "imvideoedit-100"}
 RUBRIC_NAMES = ("vie-bench", "refvie-subject", "refvie-background") + tuple(
-    f"openve-{c}" for c in OPENVE_CATEGORIES) + ("imvideoedit-100", "reference-quality")
+    f"openve-{c}" for c in OPENVE_CATEGORIES) + ("imvideoedit-100", "reference-quality", "edit-pair-quality")
 
 
 def list_rubrics() -> list[str]:
@@ -301,9 +322,14 @@ def apply_cap(rubric: Rubric, scores: dict[str, float]) -> tuple[dict[str, float
 
 
 def overall_score(rubric: Rubric, scores: dict[str, float]) -> float:
-    """Mean (or, for the 100-point rubric, sum) of the rubric's dimension scores."""
+    """Mean (or, for the 100-point rubric, sum; for the edit-pair check, geometric mean) of the rubric's
+    dimension scores."""
     values = [float(scores[d.key]) for d in rubric.dimensions]
-    return float(sum(values)) if rubric.overall == "sum" else float(sum(values) / len(values))
+    if rubric.overall == "sum":
+        return float(sum(values))
+    if rubric.overall == "geometric":          # VIEScore/EditScore style: one weak side pulls the pair down
+        return float(math.prod(values) ** (1.0 / len(values)))
+    return float(sum(values) / len(values))
 
 
 def finalize_scores(rubric: Rubric, scores: dict[str, float], enforce_cap: bool | None = None
