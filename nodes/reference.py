@@ -107,7 +107,8 @@ class KiwiReferenceFromMask:
 
 
 class KiwiReferenceQuality:
-    DESCRIPTION = ("Have the VLM score a reference image 1-10 against the instruction and the edited frame; passed = "
+    DESCRIPTION = ("Have the VLM score a reference image 1-10 against the instruction, the edited frame and (when "
+                   "connected) the source frame; passed = "
                    "score >= threshold. Unreadable answers are retried; if all fail: error, or score -1 and passed "
                    "false with on_failure = report.")
     CATEGORY = CATEGORY_REFERENCE
@@ -128,13 +129,18 @@ class KiwiReferenceQuality:
             "attempts": ("INT", tip("Answers to try before giving up.", default=3, min=1, max=20)),
             "seed": ("INT", tip("Seed of the first attempt.", default=0, min=0, max=2 ** 31 - 1)),
             "on_failure": (["error", "report"], tip("error: stop; report: score -1, passed false.", default="error")),
+        }, "optional": {
+            "source": ("IMAGE", tip("The input (source) frames the edit started from; the judge then sees source, "
+                                    "edited frame and reference.")),
         }}
 
-    def check(self, vlm, reference, edited, instruction, kind, frame_index, threshold, attempts, seed, on_failure):
+    def check(self, vlm, reference, edited, instruction, kind, frame_index, threshold, attempts, seed, on_failure,
+              source=None):
         j = lib()
         frame = j.select_frame(edited, int(frame_index))[None]
+        src = j.select_frame(source, int(frame_index), "source")[None] if source is not None else None
         q = j.check_reference_quality(vlm, reference[:1], frame, instruction, kind, float(threshold), int(attempts),
-                                      int(seed))
+                                      int(seed), source_frame=src)
         if not q.ok and on_failure == "error":
             raise j.JudgeError("reference quality check failed: " + " | ".join(q.errors))
         answers = "\n\n---\n\n".join(q.answers)

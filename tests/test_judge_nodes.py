@@ -83,6 +83,9 @@ def test_reference_nodes():
     q = reference_nodes.KiwiReferenceQuality()
     assert q.check(Fake(["7"]), ref, img, "add a red block", "local", 0, 6.0, 2, 0, "error")[:2] == (7.0, True)
     assert q.check(Fake(["??"]), ref, img, "add a red block", "local", 0, 6.0, 1, 0, "report")[:2] == (-1.0, False)
+    seen = Fake(["7"])
+    q.check(seen, ref, img, "add a red block", "local", 0, 6.0, 1, 0, "error", source=img * 0)
+    assert [c[1] for c in seen.requests[0].content if c[0] == "text"][0] == "Source image:"
 
 
 @pytest.fixture(scope="module")
