@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     seconds = json.loads(timings.read_text()) if timings.is_file() else {}
     for n in STAGES:
         if not (run / "runs" / f"toy-kiwi-stage{n}" / "kiwi.safetensors").is_file():
-            extra = ["--max-steps", str(args.max_steps)] if args.max_steps else []
+            extra = ["--schedule-steps", str(args.max_steps)] if args.max_steps else []
             t = time.time()
             _run([py, "-m", "trainer", "train", "--config", str(run / f"toy-kiwi-stage{n}.toml")] + extra, log)
             seconds[str(n)] = time.time() - t

@@ -10,6 +10,7 @@ from .common import kiwi
 
 # models/kiwi/ for whole release folders (only inside ComfyUI; configured paths are kept)
 kiwi("comfy_adapter").register_model_folder("kiwi")
+kiwi("comfy_adapter").register_model_folder("sams")      # Segment Anything folders (Kiwi SAM Loader)
 
 _FEATURES = (load_release, load_parts, lora, prepare_frames, mllm_encode, source_encode, sampler, long_video, decode,
              imvideoedit, viva, rvedit, judge, rewards, reference, toy)

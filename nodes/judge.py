@@ -72,9 +72,11 @@ class KiwiJudge:
             "edited": ("IMAGE", tip("Edited frames.")),
             "instruction": ("STRING", tip("The editing instruction the edit was made from.", multiline=True,
                                           default="")),
-            "rubric": ([n for n in lib("comfy_kiwi.judging.rubrics").RUBRIC_NAMES if n != "reference-quality"],
+            "rubric": ([n for n in lib("comfy_kiwi.judging.rubrics").RUBRIC_NAMES
+                        if n not in ("reference-quality", "edit-pair-quality")],
                        tip("vie-bench: mean of 3-4 scores 0-10; refvie-*: mean of 3 scores 1-5 (cap on); "
-                           "openve-*: mean of 3 scores 1-5; imvideoedit-100: sum of 4 scores, 0-100.",
+                           "openve-*: mean of 3 scores 1-5; imvideoedit-100: sum of 4 scores, 0-100; rvedit-100: "
+                           "mean of 3 scores 1-100 on frames of at most 512 px.",
                            default="vie-bench")),
             "attempts": ("INT", tip("Answers to try before giving up.", default=3, min=1, max=20)),
             "seed": ("INT", tip("Seed of the first attempt; attempt i uses seed + i - 1.", default=0, min=0,

@@ -9,6 +9,7 @@ from .common import kiwi
 
 VLM_TYPE = "KIWI_VLM"
 CLIP_TYPE = "KIWI_CLIP"
+SAM_TYPE = "KIWI_SAM"
 CATEGORY_JUDGE = "Kiwi Edit/Judge"
 CATEGORY_REFERENCE = "Kiwi Edit/Reference"
 DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
@@ -50,6 +51,8 @@ FOLDER_KINDS = {
     "clip": ("clip_vision", "clip", "a CLIP model folder (transformers CLIPModel, e.g. clip-vit-large-patch14 "
              "or PickScore_v1)", "Kiwi CLIP / PickScore Loader",
              "hf download openai/clip-vit-large-patch14 --local-dir models/clip_vision/clip-vit-large-patch14"),
+    "sam": ("sams", "sam", "a Segment Anything folder (transformers SamModel, e.g. sam-vit-base)", "Kiwi SAM Loader",
+            "hf download facebook/sam-vit-base --local-dir models/sams/sam-vit-base"),
 }
 NO_FOLDER = "none"
 
@@ -109,7 +112,7 @@ def resolve_model_folder(kind: str, name: str) -> Path:
     if found != model_type:
         other = {v[1]: v[3] for v in FOLDER_KINDS.values()}.get(found)
         if other:
-            hint = f"it is a {dict(qwen2_5_vl='Qwen2.5-VL', clip='CLIP')[found]} model: load it with {other}"
+            hint = f"it is a {dict(qwen2_5_vl='Qwen2.5-VL', clip='CLIP', sam='SAM')[found]} model: load it with {other}"
         elif (path / "mllm_encoder").is_dir() or (path / "transformer").is_dir():
             hint = "it is a Kiwi-Edit release / MLLM encoder, not a stock model; the judge needs the original model"
         elif found:

@@ -1,10 +1,13 @@
-"""Reference nodes: grounding, references from masks (local cut-out / background), quality check, dedupe."""
+"""Reference nodes: grounding, SAM box -> mask, references from masks (local cut-out / background), quality check,
+dedupe."""
 
 from __future__ import annotations
 
 import torch
 
-from .judge_common import CATEGORY_REFERENCE, CLIP_TYPE, VLM_TYPE, dumps, lib, tip
+from .judge_common import (CATEGORY_REFERENCE, CLIP_TYPE, DEVICE_CHOICES, SAM_TYPE, VLM_TYPE, device_arg, dumps,
+                           folder_fingerprint, lib, model_folder_choices, resolve_model_folder, tip,
+                           validate_model_folder)
 
 _FRAME_INDEX = ("INT", tip("Which frame of the batch to use (negative counts from the end).", default=0,
                            min=-100000, max=100000))
@@ -59,6 +62,70 @@ class KiwiGround:
         return (torch.ones(1, h, w), dumps(box), answers)
 
 
+class KiwiSAMLoader:
+    DESCRIPTION = ("Load a Segment Anything model (a transformers SamModel folder, e.g. sam-vit-base) from "
+                   "models/sams/, local files only. Kiwi Segment Box turns a grounded box into an object mask with it.")
+    CATEGORY = CATEGORY_REFERENCE
+    FUNCTION = "load"
+    RETURN_TYPES = (SAM_TYPE,)
+    RETURN_NAMES = ("sam",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "sam_name": (model_folder_choices("sam"), tip("A SAM folder in models/sams/ (config.json, "
+                                                          "model.safetensors, preprocessor config). An absolute "
+                                                          "folder path is accepted too.")),
+            "device": (DEVICE_CHOICES, tip("auto = CUDA when available.", default="auto")),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, sam_name):
+        return validate_model_folder("sam", sam_name)
+
+    @classmethod
+    def IS_CHANGED(cls, sam_name, **_):
+        return folder_fingerprint("sam", sam_name)
+
+    def load(self, sam_name, device):
+        return (lib().load_sam(resolve_model_folder("sam", sam_name), device=device_arg(device)),)
+
+
+class KiwiSegmentBox:
+    DESCRIPTION = ("Segment the object inside a box (the box JSON of Kiwi Ground) with SAM: the box is SAM's prompt, "
+                   "the candidate mask with the highest predicted IoU is kept and limited to the box. Returns the "
+                   "object MASK [1,H,W] for Kiwi Reference from Mask.")
+    CATEGORY = CATEGORY_REFERENCE
+    FUNCTION = "segment"
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("mask",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "sam": (SAM_TYPE, tip("SAM from Kiwi SAM Loader.")),
+            "image": ("IMAGE", tip("Frames; one is segmented (frame_index).")),
+            "box": ("STRING", tip("{\"bbox\": [x0, y0, x1, y1]} in pixels (Kiwi Ground's box output).",
+                                  forceInput=True)),
+            "frame_index": _FRAME_INDEX,
+        }}
+
+    def segment(self, sam, image, box, frame_index):
+        import json
+        j, error = lib(), lib("comfy_kiwi.errors").InputError
+        frame = j.select_frame(image, int(frame_index))
+        try:
+            x0, y0, x1, y1 = (int(v) for v in json.loads(box)["bbox"])
+        except (ValueError, KeyError, TypeError):
+            raise error(f"box must be JSON like {{\"bbox\": [x0, y0, x1, y1]}} (Kiwi Ground's box output); "
+                               f"got {box[:200]!r}.") from None
+        h, w = frame.shape[:2]
+        found = j.Box(max(0, x0), max(0, y0), min(w, x1), min(h, y1))
+        if found.area == 0:
+            raise error(f"the box {[x0, y0, x1, y1]} is empty inside the {w}x{h} frame.")
+        return (sam(frame, found)[None],)
+
+
 class KiwiReferenceFromMask:
     DESCRIPTION = ("Make a reference image from a frame and a mask (from any segmentation node, or Kiwi Ground). "
                    "local: the masked object on white, cropped tightly. background: the masked foreground removed "
@@ -107,7 +174,8 @@ class KiwiReferenceFromMask:
 
 
 class KiwiReferenceQuality:
-    DESCRIPTION = ("Have the VLM score a reference image 1-10 against the instruction and the edited frame; passed = "
+    DESCRIPTION = ("Have the VLM score a reference image 1-10 against the instruction, the edited frame and (when "
+                   "connected) the source frame; passed = "
                    "score >= threshold. Unreadable answers are retried; if all fail: error, or score -1 and passed "
                    "false with on_failure = report.")
     CATEGORY = CATEGORY_REFERENCE
@@ -128,13 +196,18 @@ class KiwiReferenceQuality:
             "attempts": ("INT", tip("Answers to try before giving up.", default=3, min=1, max=20)),
             "seed": ("INT", tip("Seed of the first attempt.", default=0, min=0, max=2 ** 31 - 1)),
             "on_failure": (["error", "report"], tip("error: stop; report: score -1, passed false.", default="error")),
+        }, "optional": {
+            "source": ("IMAGE", tip("The input (source) frames the edit started from; the judge then sees source, "
+                                    "edited frame and reference.")),
         }}
 
-    def check(self, vlm, reference, edited, instruction, kind, frame_index, threshold, attempts, seed, on_failure):
+    def check(self, vlm, reference, edited, instruction, kind, frame_index, threshold, attempts, seed, on_failure,
+              source=None):
         j = lib()
         frame = j.select_frame(edited, int(frame_index))[None]
+        src = j.select_frame(source, int(frame_index), "source")[None] if source is not None else None
         q = j.check_reference_quality(vlm, reference[:1], frame, instruction, kind, float(threshold), int(attempts),
-                                      int(seed))
+                                      int(seed), source_frame=src)
         if not q.ok and on_failure == "error":
             raise j.JudgeError("reference quality check failed: " + " | ".join(q.errors))
         answers = "\n\n---\n\n".join(q.answers)
@@ -169,9 +242,12 @@ class KiwiReferenceDedupe:
         return (kept, dumps(report))
 
 
-NODE_CLASS_MAPPINGS = {"KiwiGround": KiwiGround, "KiwiReferenceFromMask": KiwiReferenceFromMask,
-                       "KiwiReferenceQuality": KiwiReferenceQuality, "KiwiReferenceDedupe": KiwiReferenceDedupe}
+NODE_CLASS_MAPPINGS = {"KiwiGround": KiwiGround, "KiwiSAMLoader": KiwiSAMLoader, "KiwiSegmentBox": KiwiSegmentBox,
+                       "KiwiReferenceFromMask": KiwiReferenceFromMask, "KiwiReferenceQuality": KiwiReferenceQuality,
+                       "KiwiReferenceDedupe": KiwiReferenceDedupe}
 NODE_DISPLAY_NAME_MAPPINGS = {"KiwiGround": "Kiwi Ground (VLM box -> mask)",
+                              "KiwiSAMLoader": "Kiwi SAM Loader",
+                              "KiwiSegmentBox": "Kiwi Segment Box (SAM)",
                               "KiwiReferenceFromMask": "Kiwi Reference from Mask",
                               "KiwiReferenceQuality": "Kiwi Reference Quality Check",
                               "KiwiReferenceDedupe": "Kiwi Reference Dedupe"}

@@ -28,7 +28,7 @@ def test_node_declarations():
             for section in spec.values():
                 for name, decl in section.items():
                     assert decl[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
-    assert len(ids) == len(set(ids)) == 8
+    assert len(ids) == len(set(ids)) == 10
 
 
 class Fake:
@@ -83,6 +83,24 @@ def test_reference_nodes():
     q = reference_nodes.KiwiReferenceQuality()
     assert q.check(Fake(["7"]), ref, img, "add a red block", "local", 0, 6.0, 2, 0, "error")[:2] == (7.0, True)
     assert q.check(Fake(["??"]), ref, img, "add a red block", "local", 0, 6.0, 1, 0, "report")[:2] == (-1.0, False)
+    seen = Fake(["7"])
+    q.check(seen, ref, img, "add a red block", "local", 0, 6.0, 1, 0, "error", source=img * 0)
+    assert [c[1] for c in seen.requests[0].content if c[0] == "text"][0] == "Source image:"
+
+
+def test_sam_nodes_segment_the_grounded_box():
+    from comfy_kiwi.errors import CheckpointError, InputError
+    from comfy_kiwi.judging import Box, load_sam
+    from comfy_kiwi.testing.tiny_sam import tiny_sam_folder
+    img = torch.rand(2, 40, 56, 3)
+    sam = reference_nodes.KiwiSAMLoader().load(str(tiny_sam_folder()), "cpu")[0]
+    (mask,) = reference_nodes.KiwiSegmentBox().segment(sam, img, '{"bbox": [8, 4, 40, 30]}', 1)
+    want = load_sam(tiny_sam_folder(), device="cpu")(img[1], Box(8, 4, 40, 30))
+    assert mask.shape == (1, 40, 56) and torch.equal(mask[0], want)
+    with pytest.raises(InputError, match="box must be JSON"):
+        reference_nodes.KiwiSegmentBox().segment(sam, img, "[8, 4, 40, 30]", 0)
+    with pytest.raises(CheckpointError, match="SAM"):
+        reference_nodes.KiwiSAMLoader().load("/nonexistent/sam", "cpu")
 
 
 @pytest.fixture(scope="module")

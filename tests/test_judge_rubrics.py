@@ -98,3 +98,37 @@ def test_aggregate_like_the_released_evaluations():
     assert out["groups"]["openve/global_style"]["failed"] == 1
     assert out["openve_overall"] == pytest.approx((3.0 + 5.0) / 2)
     assert out["refvie_overall"] == pytest.approx(21 / 6)
+
+
+def _band_values(band: str) -> set[int]:
+    """The integer scores a band label such as "9-10", "5" or "90-100% of a criterion's points" covers."""
+    import re
+    lo, hi = re.match(r"(\d+)(?:-(\d+))?", band).groups()
+    return set(range(int(lo), int(hi or lo) + 1))
+
+
+@pytest.mark.parametrize("name, scale", [("refvie-subject", range(1, 6)), ("refvie-background", range(1, 6)),
+                                         ("openve-local_add", range(1, 6)), ("vie-bench", range(0, 11)),
+                                         ("imvideoedit-100", range(0, 101)), ("rvedit-100", range(1, 101))])
+def test_level_anchors_cover_each_papers_scale_once(name, scale):
+    """Each benchmark's anchors tile its scale exactly (every score in one band, none outside; ImVideoEdit's in
+    percent of a criterion's points) and reach the judge in the prompt. Mutation tried: VIE-Bench's "7-8" band
+    written "7-9" → 9 sits in two bands and this fails."""
+    r = get_rubric(name)
+    covered = [_band_values(band) for band, _ in r.levels]
+    assert sorted(v for c in covered for v in c) == list(scale)
+    lows = {d.low for d in r.dimensions}
+    if name != "imvideoedit-100":
+        assert lows == {scale[0]} and {d.high for d in r.dimensions} == {scale[-1]}
+    prompt = rubric_prompt(r, "add a hat")
+    assert "Score levels (for every criterion):" in prompt
+    assert all(f"- {band}: {meaning}" in prompt for band, meaning in r.levels)
+
+
+def test_rvedit_protocol_three_criteria_on_1_to_100():
+    r = get_rubric("rvedit")
+    assert r.name == "rvedit-100" and len(r.dimensions) == 3 and r.max_side == 512
+    assert all((d.low, d.high) == (1, 100) for d in r.dimensions) and r.overall_range == (1, 100)
+    assert finalize_scores(r, dict(zip(r.keys, (90, 60, 75))))[1] == pytest.approx(75.0)
+    with pytest.raises(InputError, match="outside 1-100"):
+        finalize_scores(r, dict(zip(r.keys, (0, 60, 75))))

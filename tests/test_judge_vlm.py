@@ -46,6 +46,21 @@ def test_scores_with_a_fake_generate_and_request_layout():
     assert json.loads(r.to_json())["scores"] == r.scores
 
 
+def test_rvedit_judge_sees_frames_at_most_512_px():
+    """RVEDiT's protocol: frames shown with the longer side ≤ 512 px; scores 1-100, overall their mean. Mutation
+    tried: ``limit_side`` not applied in the request → the judge gets 600×800 frames and this fails."""
+    fake = FakeJudge(["Edit Accuracy: 80\nContent Preservation: 70\nVisual Quality: 90"])
+    big = torch.rand(3, 600, 800, 3)
+    r = judge_edit(fake, big, big.flip(1), "make it snow", rubric="rvedit")
+    assert r.ok and r.overall == pytest.approx(80.0) and r.overall_range == [1, 100]
+    shown = [c[1] for c in fake.requests[0].content if c[0] == "video"]
+    assert [tuple(v.shape) for v in shown] == [(3, 384, 512, 3)] * 2
+    assert "1-29: failed" in fake.requests[0].content[-1][1]
+    small = FakeJudge(["Edit Accuracy: 80\nContent Preservation: 70\nVisual Quality: 90"])
+    judge_edit(small, SRC, EDIT, "make it snow", rubric="rvedit")
+    assert torch.equal([c[1] for c in small.requests[0].content if c[0] == "video"][0], SRC)   # already small
+
+
 def test_vie_bench_adds_reference_similarity_only_with_a_reference():
     fake = FakeJudge(['{"instruction_following": 8, "source_preservation": 6, "edit_quality": 7, '
                       '"reference_similarity": 9}'])

@@ -143,6 +143,71 @@ def test_quality_check_threshold_and_failure():
     assert low.ok and not low.passed
     broken = check_reference_quality(Fake(["lovely", "Score: 14"]), ref, img, "add a red ball", attempts=2)
     assert not broken.ok and not broken.passed and broken.score is None and len(broken.errors) == 2
+    # with the input image: the judge sees source, edited frame and reference, in that order
+    seen = Fake(["Reference Quality: 7"])
+    source = torch.zeros_like(img)
+    check_reference_quality(seen, ref, img, "add a red ball", source_frame=source)
+    content = seen.requests[0].content
+    assert [c[1] for c in content if c[0] == "text"][:3] == ["Source image:", "Edited image:", "Reference image:"]
+    images = [c[1] for c in content if c[0] == "image"]
+    assert torch.equal(images[0], source) and torch.equal(images[1], img) and torch.equal(images[2], ref)
+
+
+def test_edit_pair_check_is_the_geometric_mean_of_its_two_scores():
+    """Mutation tried: the rubric's overall as the arithmetic mean → 9 and 4 give 6.5 (passes 6) instead of 6.0
+    (fails 6.5) and this fails."""
+    from comfy_kiwi.judging import check_edit_pair
+    img, _ = scene()
+    fake = Fake(["Semantic Consistency: 9\nPerceptual Quality: 4"])
+    res = check_edit_pair(fake, torch.zeros_like(img), img, "add a red ball", threshold=6.5)
+    assert res.ok and res.score == pytest.approx(6.0) and not res.passed
+    assert [c[1] for c in fake.requests[0].content if c[0] == "text"][:2] == ["Source image:", "Edited image:"]
+    with pytest.raises(InputError, match="threshold must be in 0..10"):
+        check_edit_pair(fake, img, img, "add a red ball", threshold=11)
+
+
+# --------------------------------------------------------------------------------------------------
+# segmentation: box -> object mask
+# --------------------------------------------------------------------------------------------------
+
+def test_difference_mask_is_the_changed_pixels_inside_the_box():
+    from comfy_kiwi.judging import difference_mask
+    img, mask = scene()
+    source = img[0].clone()
+    source[mask[0].bool()] = torch.tensor([0.0, 0.5, 0.5])       # the object is what the edit added
+    box = Box(0, 0, 40, H)                                        # cuts the bar at x = 40
+    got = difference_mask(img[0], source, box)
+    want = mask[0].clone()
+    want[:, 40:] = 0
+    assert torch.equal(got, want)
+    with pytest.raises(InputError, match="one size"):
+        difference_mask(img[0], source[:10], box)
+
+
+def test_sam_segmenter_from_a_local_folder_matches_transformers():
+    """Mutation tried: the box given to SAM as (y0, x0, y1, x1) → a different mask and this fails."""
+    from comfy_kiwi.judging import load_sam
+    from comfy_kiwi.testing.tiny_sam import reference_box_mask, tiny_sam_folder
+    img, _ = scene()
+    folder = tiny_sam_folder()
+    sam = load_sam(folder, device="cpu")
+    for box in (Box(18, 8, 50, 36), Box(2, 30, 20, 46)):
+        got = sam(img[0], box)
+        want = reference_box_mask(folder, img[0], box)
+        assert got.shape == (H, W) and torch.equal(got, want)
+        assert 0 < float(got.sum()) < box.area                   # an object mask, not empty, not the box
+        assert float(got.sum()) == float(got[box.y0:box.y1, box.x0:box.x1].sum())
+
+
+def test_load_sam_errors(tmp_path):
+    import json
+    from comfy_kiwi.errors import CheckpointError
+    from comfy_kiwi.judging import load_sam
+    with pytest.raises(CheckpointError, match="not a SAM model folder"):
+        load_sam(tmp_path / "missing")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with pytest.raises(CheckpointError, match="model_type 'clip'"):
+        load_sam(tmp_path)
 
 
 def test_dedupe_features_greedy_in_order():

@@ -48,6 +48,7 @@ def test_unknown_sections(files, extra, message):
     ("precision", 'mixed = "fp8"', "precision.mixed is 'fp8'; choose one of no, bf16, fp16"),
     ("method", 'name = "nope"', "method.name is 'nope'; known methods: .*imvideoedit.*kiwi"),
     ("schedule", "max_steps = 0", "schedule.max_steps must be > 0"),
+    ("schedule", "stop_at = -1", "schedule.stop_at must be ≥ 0"),
     ("data", "frames = 4", "data.frames must be 4k\\+1"),
     ("optimizer", "betas = [0.9]", "optimizer.betas must be two numbers"),
 ])

@@ -84,6 +84,33 @@ def test_killed_run_resumes_exactly(setup):
     assert steps == list(range(1, 11))                             # the killed run's tail was dropped
 
 
+def test_max_steps_stops_without_changing_the_schedule(setup):
+    """``--max-steps 3`` of a 6-step schedule with an LR tail: the 3 steps use the 6-step schedule's rates, a
+    checkpoint is written and no final file; resuming finishes exactly as the uninterrupted run.
+    ``--schedule-steps`` sets the schedule's length. Mutation tried: the loop's LR schedule built over the stop
+    step (``lr_lambda`` given ``max_steps = stop_at``) → the rates of steps 2–3 differ and this fails."""
+    from trainer.__main__ import main
+    root, toml = setup
+    stop_toml = root / "stop.toml"
+    stop_toml.write_text(toml.read_text().replace("[schedule]\n", "[schedule]\ndecay_share = 0.5\n")
+                         .replace(str(root / "run"), str(root / "stopped")))
+    whole = {"schedule": {"max_steps": 6}}
+    full = train(load_config(stop_toml, {**whole, "checkpoint": {"output_dir": str(root / "whole")}}),
+                 log=lambda *a: None)
+    assert main(["train", "--config", str(stop_toml), "--max-steps", "3", "--schedule-steps", "6"]) == 0
+    out = root / "stopped"
+    assert find_checkpoint(out, "auto").name == "step-00000003"
+    assert not (out / "imvideoedit.safetensors").exists()
+
+    def rates(run):
+        return [json.loads(x)["lr"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rates(out) == pytest.approx(rates(full["output_dir"])[:3], rel=1e-9)
+    rest = train(load_config(stop_toml, whole), resume="auto", log=lambda *a: None)
+    assert rest["step"] == 6 and (out / "imvideoedit.safetensors").is_file()
+    assert rates(out) == pytest.approx(rates(full["output_dir"]), rel=1e-9)
+    assert rest["losses"] == pytest.approx(full["losses"][3:], abs=1e-5)
+
+
 def test_gradient_accumulation_and_checkpointing(setup):
     plain = train(config(setup, "plain", schedule={"max_steps": 2}), log=lambda *a: None)
     ckpt = train(config(setup, "gc", schedule={"max_steps": 2}, precision={"gradient_checkpointing": True}),

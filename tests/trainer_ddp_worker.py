@@ -21,7 +21,7 @@ def gradients(cfg, out: Path) -> None:
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from comfy_kiwi.loading.dit_loader import load_dit
     from trainer.data.cache import CachedDataset, collate
-    from trainer.loop import draw_generator
+    from trainer.loop import sample_generator
     from trainer.methods import get_method
 
     method = get_method(cfg.method.name)(cfg)
@@ -34,8 +34,9 @@ def gradients(cfg, out: Path) -> None:
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
     wrapped = acc.prepare(module)
     dataset = CachedDataset(next(Path(cfg.cache_dir).glob("latents-*.safetensors")))
-    batch = collate([dataset[acc.process_index]], cfg.data.text_len)        # different data per rank
-    draws = method.draws(batch, draw_generator(0, 0, 0, acc.process_index))
+    item = dataset[acc.process_index]                                      # different data per rank
+    batch = collate([item], cfg.data.text_len)
+    draws = method.sample_draws([item], [sample_generator(0, acc.process_index)])
     # local gradient: torch.autograd.grad does not run the gradient accumulators DDP hooks into
     named = [(n, p) for n, p in module.adapter.named_parameters()]
     local = torch.autograd.grad(module(batch, draws), [p for _, p in named], allow_unused=True)

@@ -12,7 +12,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a method from a TOML config")
     t.add_argument("--config", required=True, help="TOML config (see trainer/presets/)")
     t.add_argument("--resume", default=None, help="a checkpoint folder, or 'auto' for the latest one")
-    t.add_argument("--max-steps", type=int, default=None, help="override schedule.max_steps")
+    t.add_argument("--max-steps", type=int, default=None,
+                   help="stop this run after N optimiser steps (a resumable checkpoint); the LR schedule still "
+                        "spans schedule.max_steps")
+    t.add_argument("--schedule-steps", type=int, default=None,
+                   help="override schedule.max_steps, the length of the schedule (LR tail, final export)")
     t.set_defaults(run=_train)
     e = sub.add_parser("export", help="a Kiwi/InstructX run as a release folder, a Kiwi checkpoint or a ComfyUI LoRA")
     e.add_argument("--config", required=True, help="the run's TOML config")
@@ -41,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from .config import load_config
     from .loop import train
-    overrides = {"schedule": {"max_steps": args.max_steps}} if args.max_steps else None
-    cfg = load_config(args.config, overrides)
+    schedule = {k: v for k, v in (("stop_at", args.max_steps), ("max_steps", args.schedule_steps)) if v is not None}
+    cfg = load_config(args.config, {"schedule": schedule} if schedule else None)
     result = train(cfg, resume=args.resume)
     print(f"done: step {result['step']}, outputs in {result['output_dir']}")
     return 0

@@ -77,7 +77,8 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    max_steps: int = 1000             # optimiser steps
+    max_steps: int = 1000             # optimiser steps of the schedule (LR tail, final export)
+    stop_at: int = 0                  # > 0: end this run after that many steps with a checkpoint, schedule unchanged
     warmup_steps: int = 0             # linear warm-up from 0, then constant
     batch_size: int = 1               # per process, per micro-step
     grad_accum: int = 0               # 0 = one micro-step per dataset (1 for a single dataset; Kiwi's rule)
@@ -210,6 +211,7 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
     for label, v, zero_ok in (("schedule.max_steps", cfg.schedule.max_steps, False),
                               ("schedule.batch_size", cfg.schedule.batch_size, False),
                               ("schedule.grad_accum", cfg.schedule.grad_accum, True),
+                              ("schedule.stop_at", cfg.schedule.stop_at, True),
                               ("schedule.warmup_steps", cfg.schedule.warmup_steps, True),
                               ("optimizer.lr", cfg.optimizer.lr, False),
                               ("optimizer.weight_decay", cfg.optimizer.weight_decay, True),

@@ -4,13 +4,19 @@ mixed round robin (or by weights), initial weights from a previous stage, metric
 exact resume, sample edits.
 
 Exactness of resume: data order is a pure function of (seed, position) (trainer/data/order.py), and the
-noise level and noise of micro-step m of optimiser step s on rank r come from a generator seeded with
-(seed, s, m, r); optimiser, scheduler and RNG states are restored from the checkpoint.
+random draws of a sample (noise level, noise, reference scale, …) come from a generator seeded with
+(seed, global sample index) — the sample's place in the stream of global batches, the same whichever rank
+holds it — so 2 processes × batch 1 train exactly as 1 process × batch 2; optimiser, scheduler and RNG states
+are restored from the checkpoint.
+
+Run length: ``schedule.max_steps`` is the schedule (LR tail, final export); ``schedule.stop_at`` (the CLI's
+``--max-steps``) ends a run earlier with a resumable checkpoint and leaves the schedule as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from pathlib import Path
 
@@ -40,8 +46,17 @@ def lr_lambda(schedule):
     return lambda step: head(step) * linear_tail(step, schedule.max_steps, schedule.decay_share)
 
 
-def draw_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 131 + rank)
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of global sample ``index``'s draws (a hash, so nearby seeds and indices do not overlap)."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def sample_indices(position: int, rank: int, batch_size: int, world: int) -> list[int]:
+    """Global indices of the samples rank ``rank`` holds in micro-batch ``position``: global batch p is
+    samples p·B·W … p·B·W + B·W − 1 and rank r holds slice r of it (trainer/data/order.py)."""
+    first = (position * world + rank) * batch_size
+    return list(range(first, first + batch_size))
 
 
 def _loaders(cfg, device):
@@ -128,14 +143,18 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
         bar = tqdm(total=cfg.schedule.max_steps, initial=step, desc="training", dynamic_ncols=True)
 
     losses, accum, last = [], cfg.schedule.grad_accum or len(datasets), stop_after
+    end = min(cfg.schedule.stop_at, cfg.schedule.max_steps) if cfg.schedule.stop_at else cfg.schedule.max_steps
     t0 = time.time()
-    while step < cfg.schedule.max_steps:
+    while step < end:
         total = torch.zeros((), device=device)
         for micro in range(accum):
             d, indices = order.batch(position, rank)
+            items = [datasets[d][i] for i in indices]
+            generators = [sample_generator(cfg.schedule.seed, g)
+                          for g in sample_indices(position, rank, cfg.schedule.batch_size, world)]
             position += 1
-            batch = to_device(method.collate([datasets[d][i] for i in indices]), device)
-            draws = method.draws(batch, draw_generator(cfg.schedule.seed, step, micro, rank))
+            batch = to_device(method.collate(items), device)
+            draws = method.sample_draws(items, generators)
             sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(wrapped)
             with sync, acc.autocast():
                 loss = wrapped(batch, draws)
@@ -156,7 +175,7 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4f}")
-        if step % cfg.checkpoint.every == 0 or step == cfg.schedule.max_steps:
+        if step % cfg.checkpoint.every == 0 or step == end:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(cfg.output_dir, step, method.trainable_state_dict(acc.unwrap_model(wrapped)),
@@ -174,4 +193,6 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
     if step >= cfg.schedule.max_steps and acc.is_main_process:
         for path in method.save_final(acc.unwrap_model(wrapped), cfg.output_dir):
             say(f"saved {path}")
+    elif step >= end:
+        say(f"stopped at step {step} of {cfg.schedule.max_steps} (schedule.stop_at); resume with --resume auto")
     return {"step": step, "losses": losses, "output_dir": cfg.output_dir, "module": acc.unwrap_model(wrapped)}

@@ -26,7 +26,8 @@ def add_judge_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--instruction", required=True, help="the editing instruction")
     p.add_argument("--reference", default=None, help="reference image (needed by the refvie rubrics)")
     p.add_argument("--rubric", default="vie-bench",
-                   help="vie-bench | refvie | openve | imvideoedit-100 (or refvie-subject, openve-local_add, ...)")
+                   help="vie-bench | refvie | openve | imvideoedit-100 | rvedit-100 (or refvie-subject, "
+                        "openve-local_add, ...)")
     p.add_argument("--category", default=None,
                    help=f"openve: {', '.join(OPENVE_CATEGORIES)}; refvie: {', '.join(REFVIE_CATEGORIES)}")
     p.add_argument("--attempts", type=int, default=3, help="answers to try before reporting a failure")

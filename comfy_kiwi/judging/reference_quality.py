@@ -1,9 +1,12 @@
 """Filtering synthesised references: a VLM quality score and CLIP near-duplicate removal.
 
-* :func:`check_reference_quality` shows the judge the edited frame and the reference, with the
-  instruction, and asks for one 1-10 score (rubric ``reference-quality``); ``passed`` is
+* :func:`check_reference_quality` shows the judge the source frame (when given), the edited frame and the
+  reference, with the instruction, and asks for one 1-10 score (rubric ``reference-quality``); ``passed`` is
   ``score >= threshold``. Unparseable answers are retried and finally reported as a failure
   (``ok=False``, ``passed=False``), never scored.
+* :func:`check_edit_pair` is the filter on the edit pair itself, before anything is grounded (RefVIE filters
+  its source pairs with EditScore; here the local VLM with the ``edit-pair-quality`` rubric: semantic
+  consistency and perceptual quality 0-10, geometric mean).
 * :func:`dedupe_features` / :func:`dedupe_references` keep references in order and drop one whose
   CLIP image embedding has cosine similarity ``>= threshold`` with an already kept one (or with any
   of the ``existing`` embeddings, e.g. references kept by an earlier run).
@@ -21,7 +24,8 @@ from .rubrics import get_rubric
 from .vlm import GenerateFn, ask
 from .vlm_judge import build_judge_request, score_answer
 
-__all__ = ["QualityResult", "check_reference_quality", "DedupeResult", "dedupe_features", "dedupe_references"]
+__all__ = ["QualityResult", "check_reference_quality", "check_edit_pair", "DedupeResult", "dedupe_features",
+           "dedupe_references"]
 
 _KIND_TEXT = {
     "local": "This reference should show the subject the edit brings in, alone on a plain white background.",
@@ -44,31 +48,58 @@ class QualityResult:
                 "answers": self.answers, "errors": self.errors}
 
 
-def check_reference_quality(generate: GenerateFn, reference, edited_frame, instruction: str, kind: str = "local",
-                            threshold: float = 6.0, attempts: int = 3, seed: int = 0, temperature: float = 0.0,
-                            retry_temperature: float = 0.7, max_new_tokens: int = 64) -> QualityResult:
-    """Score a reference 1-10 against the instruction and the edited frame it was made from."""
-    if kind not in _KIND_TEXT:
-        raise InputError(f"reference kind must be one of {', '.join(_KIND_TEXT)}; got {kind!r}.")
-    if not 1.0 <= float(threshold) <= 10.0:
-        raise InputError(f"quality threshold must be in 1..10; got {threshold}.")
+def _scored_check(generate, rubric_name: str, visuals: dict, instruction: str, threshold: float, attempts: int,
+                  seed: int, temperature: float, retry_temperature: float, max_new_tokens: int,
+                  extra: str = "") -> QualityResult:
+    """Ask ``rubric_name`` about ``visuals`` and compare its overall score with ``threshold``."""
+    rubric = get_rubric(rubric_name)
+    low, high = rubric.overall_range
+    if not low <= float(threshold) <= high:
+        raise InputError(f"{rubric.title}: threshold must be in {low:g}..{high:g}; got {threshold}.")
     if not isinstance(instruction, str) or not instruction.strip():
-        raise InputError("the quality check needs the editing instruction.")
-    ref = as_frames(reference, "reference image")
-    frame = as_frames(edited_frame, "edited frame")
-    if ref.shape[0] != 1 or frame.shape[0] != 1:
-        raise InputError("the quality check takes one reference image and one edited frame.")
-    rubric = get_rubric("reference-quality")
-    visuals = {"edited": (frame, None), "reference": (ref, None)}
+        raise InputError(f"{rubric.title} needs the editing instruction.")
 
     def make(s: int, t: float):
-        return build_judge_request(rubric, instruction, visuals, s, t, max_new_tokens, extra=_KIND_TEXT[kind])
+        return build_judge_request(rubric, instruction, visuals, s, t, max_new_tokens, extra=extra)
 
     asked = ask(generate, make, lambda text: score_answer(text, rubric)[1], attempts, seed, temperature,
                 retry_temperature)
     score = float(asked.value) if asked.ok else None
     return QualityResult(asked.ok, score, bool(asked.ok and score >= float(threshold)), float(threshold),
                          asked.answers, asked.errors)
+
+
+def _one_image(image, what: str) -> torch.Tensor:
+    frames = as_frames(image, what)
+    if frames.shape[0] != 1:
+        raise InputError(f"{what}: the check takes one image; got {frames.shape[0]} frames.")
+    return frames
+
+
+def check_reference_quality(generate: GenerateFn, reference, edited_frame, instruction: str, kind: str = "local",
+                            threshold: float = 6.0, attempts: int = 3, seed: int = 0, temperature: float = 0.0,
+                            retry_temperature: float = 0.7, max_new_tokens: int = 64,
+                            source_frame=None) -> QualityResult:
+    """Score a reference 1-10 against the instruction, the edited frame it was made from and (when given) the
+    source frame the edit started from."""
+    if kind not in _KIND_TEXT:
+        raise InputError(f"reference kind must be one of {', '.join(_KIND_TEXT)}; got {kind!r}.")
+    visuals = {"edited": (_one_image(edited_frame, "edited frame"), None),
+               "reference": (_one_image(reference, "reference image"), None)}
+    if source_frame is not None:
+        visuals["source"] = (_one_image(source_frame, "source frame"), None)
+    return _scored_check(generate, "reference-quality", visuals, instruction, threshold, attempts, seed, temperature,
+                         retry_temperature, max_new_tokens, extra=_KIND_TEXT[kind])
+
+
+def check_edit_pair(generate: GenerateFn, source_frame, edited_frame, instruction: str, threshold: float = 6.0,
+                    attempts: int = 3, seed: int = 0, temperature: float = 0.0, retry_temperature: float = 0.7,
+                    max_new_tokens: int = 64) -> QualityResult:
+    """The EditScore-style filter on an edit pair (rubric ``edit-pair-quality``, overall 0-10)."""
+    visuals = {"source": (_one_image(source_frame, "source frame"), None),
+               "edited": (_one_image(edited_frame, "edited frame"), None)}
+    return _scored_check(generate, "edit-pair-quality", visuals, instruction, threshold, attempts, seed, temperature,
+                         retry_temperature, max_new_tokens)
 
 
 @dataclass

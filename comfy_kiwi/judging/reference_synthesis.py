@@ -1,8 +1,8 @@
 """Reference images from edited frames (the Kiwi-Edit RefVIE recipe, deterministic parts).
 
 * :func:`local_reference` - a subject/local-edit reference: the object cut out by its mask (pixels
-  outside the mask become white) and/or box, cropped tightly to the object, optionally with a white
-  ``margin``;
+  outside the mask become the canvas colour, white by default) and/or box, cropped tightly to the object,
+  optionally with a ``margin`` of canvas;
 * :func:`background_reference` - a background reference: the foreground (mask above ``threshold``,
   grown by ``dilate`` pixels) removed and the hole filled from a user fill image or a built-in fill
   (:mod:`comfy_kiwi.judging.fill`); pixels outside the hole are returned unchanged;
@@ -71,16 +71,20 @@ def hole_mask(mask: torch.Tensor, threshold: float = 0.5, dilate: int = 0) -> to
 
 
 def local_reference(image, mask=None, box: Box | None = None, threshold: float = 0.5, margin: int = 0,
-                    frame_index: int = 0) -> torch.Tensor:
-    """The object on white, cropped tightly: ``[1, h, w, 3]``.
+                    frame_index: int = 0, canvas=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    """The object on a clean canvas (white by default), cropped tightly: ``[1, h, w, 3]``.
 
     With a mask: the crop is the tight box of ``mask > threshold`` (inside ``box`` when both are given)
-    and every pixel outside the mask is white. With only a box: the box region as it is.
+    and every pixel outside the mask is the ``canvas`` colour (RGB 0..1). With only a box: the box region as
+    it is.
     """
     frame = select_frame(image, frame_index)
     h, w = frame.shape[:2]
     if not isinstance(margin, int) or margin < 0:
         raise InputError(f"margin must be a non-negative number of pixels; got {margin!r}.")
+    colour = torch.as_tensor(canvas, dtype=frame.dtype)
+    if colour.shape != (3,) or not bool(((colour >= 0) & (colour <= 1)).all()):
+        raise InputError(f"canvas must be an RGB colour of three numbers in 0..1; got {canvas!r}.")
     if mask is None and box is None:
         raise InputError("a local reference needs a mask or a box of the object.")
     if mask is not None:
@@ -93,7 +97,7 @@ def local_reference(image, mask=None, box: Box | None = None, threshold: float =
         if tight is None:
             raise InputError("the object mask is empty (no pixel above the threshold"
                              + (" inside the box" if box is not None else "") + ").")
-        crop = torch.where(on[..., None], frame, torch.ones_like(frame))
+        crop = torch.where(on[..., None], frame, colour.expand_as(frame))
     else:
         tight = Box(max(0, box.x0), max(0, box.y0), min(w, box.x1), min(h, box.y1))
         if tight.area == 0:
@@ -101,7 +105,9 @@ def local_reference(image, mask=None, box: Box | None = None, threshold: float =
         crop = frame
     out = crop[tight.y0:tight.y1, tight.x0:tight.x1]
     if margin:
-        out = F.pad(out.permute(2, 0, 1), (margin, margin, margin, margin), value=1.0).permute(1, 2, 0)
+        padded = colour.view(1, 1, 3).expand(out.shape[0] + 2 * margin, out.shape[1] + 2 * margin, 3).clone()
+        padded[margin:-margin, margin:-margin] = out
+        out = padded
     return out.contiguous()[None]
 
 

@@ -22,8 +22,19 @@ local_add; also ``openve-<category>``)
 ``imvideoedit-100`` (ImVideoEdit; alias ``imvideoedit``)
     Instruction Adherence 0-30, Temporal Consistency 0-30, Visual Fidelity 0-25, Artifact Absence
     0-15. Overall = the sum, 0-100.
+``rvedit-100`` (RVEDiT; alias ``rvedit``)
+    three criteria scored 1-100 each (edit accuracy, content preservation, visual quality; the names are
+    ours), on sampled frames shown with the longer side at most 512 px. Overall = mean of the three, 1-100.
+
+Every rubric also carries level anchors (``levels``): what the scores of its scale mean (1-5 levels for
+RefVIE and OpenVE, 0-10 bands for VIE-Bench, shares of each criterion's points for ImVideoEdit, 1-100 bands
+for RVEDiT), written in our own words and shown to the judge with the criteria.
 ``reference-quality``
-    one 1-10 score of a synthesised reference image (used by the reference quality check).
+    one 1-10 score of a synthesised reference image (used by the reference quality check); the judge sees
+    the source frame, the edited frame and the reference.
+``edit-pair-quality``
+    the filter on an edit pair before grounding (RefVIE filters its source pairs by EditScore): Semantic
+    Consistency and Perceptual Quality, 0-10 each; overall = their geometric mean, 0-10 (VIEScore's rule).
 """
 
 from __future__ import annotations
@@ -62,7 +73,7 @@ class Rubric:
     name: str
     title: str
     dimensions: tuple[Dimension, ...]
-    overall: str = "mean"                 # "mean" or "sum" of the dimension scores
+    overall: str = "mean"                 # "mean", "sum" or "geometric" (mean) of the dimension scores
     cap_to_first: bool = False            # enforce: dimensions 2.. may not exceed dimension 1
     states_cap: bool = False              # the prompt tells the judge about that rule
     category: str | None = None
@@ -71,6 +82,8 @@ class Rubric:
     reference_only: tuple[str, ...] = ()  # dimension keys scored only when a reference is given
     role: str = ""
     task: str = ""
+    levels: tuple[tuple[str, str], ...] = ()  # score anchors for every criterion: (band, what it means)
+    max_side: int | None = None           # frames are shown to the judge with the longer side at most this (px)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -103,7 +116,8 @@ class Rubric:
         return {"name": self.name, "title": self.title, "category": self.category,
                 "dimensions": [{"key": d.key, "label": d.label, "range": [d.low, d.high]} for d in self.dimensions],
                 "overall": self.overall, "overall_range": list(self.overall_range),
-                "cap_to_first": self.cap_to_first}
+                "cap_to_first": self.cap_to_first, "levels": [list(b) for b in self.levels],
+                "max_side": self.max_side}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,10 +128,40 @@ _ROLE = ("You are a meticulous evaluator of AI video editing. You compare an edi
          "video it was made from and grade how well the requested edit was carried out. Be strict and "
          "consistent: reserve top marks for edits you could not improve on.")
 
+# Level anchors: what a score means on each paper's scale, in our words. Every criterion of a rubric shares them.
+_FIVE_LEVELS = (
+    ("5", "excellent: nothing on this criterion to improve"),
+    ("4", "good: small flaws, visible only on a close look"),
+    ("3", "acceptable: clear flaws, but the criterion is mostly met"),
+    ("2", "poor: major flaws; the criterion is only partly met"),
+    ("1", "failed: the criterion is not met (wrong content, missing edit, or broken result)"),
+)
+_VIE_BANDS = (
+    ("9-10", "excellent: fully met, no visible problem"),
+    ("7-8", "good: met, with minor problems"),
+    ("5-6", "fair: mostly met, with noticeable problems"),
+    ("3-4", "poor: partly met, with major problems"),
+    ("0-2", "failed: not met at all, or the result is unusable"),
+)
+_POINT_BANDS = (
+    ("90-100% of a criterion's points", "flawless on that criterion"),
+    ("70-89%", "minor shortcomings"),
+    ("40-69%", "clear shortcomings, the criterion is partly met"),
+    ("10-39%", "severe shortcomings"),
+    ("0-9%", "the criterion is not met at all"),
+)
+_HUNDRED_BANDS = (
+    ("90-100", "excellent: fully met, nothing to improve"),
+    ("70-89", "good: met, with minor flaws"),
+    ("50-69", "fair: mostly met, with noticeable flaws"),
+    ("30-49", "poor: partly met, with major flaws"),
+    ("1-29", "failed: not met, or the result is unusable"),
+)
+
 _VIE = Rubric(
     name="vie-bench", title="VIE-Bench (VIVA)", role=_ROLE,
     task="Grade the edited video against the editing instruction on each criterion below.",
-    inputs=("source", "edited", "reference"), reference_only=("reference_similarity",),
+    inputs=("source", "edited", "reference"), reference_only=("reference_similarity",), levels=_VIE_BANDS,
     dimensions=(
         Dimension("instruction_following", "Instruction Following", 0, 10,
                   "Is every part of the instruction carried out - the right change, on the right thing, in the "
@@ -142,6 +186,7 @@ _REFVIE_SUBJECT = Rubric(
     task="The edit inserts or replaces a subject so that it looks like the reference image. Grade it on the "
          "three criteria below.",
     inputs=("reference", "source", "edited"), requires_reference=True, cap_to_first=True, states_cap=True,
+    levels=_FIVE_LEVELS,
     dimensions=(
         Dimension("identity_consistency_compliance", "Identity Consistency & Compliance", 1, 5,
                   "Is the subject in the edited video recognisably the one in the reference (identity, shape, "
@@ -160,6 +205,7 @@ _REFVIE_BACKGROUND = Rubric(
     task="The edit replaces the background with the scene shown in the reference image while keeping the "
          "foreground. Grade it on the three criteria below.",
     inputs=("reference", "source", "edited"), requires_reference=True, cap_to_first=True, states_cap=True,
+    levels=_FIVE_LEVELS,
     dimensions=(
         Dimension("reference_fidelity_preservation", "Reference Fidelity & Preservation", 1, 5,
                   "Does the new background match the reference scene, and are the foreground subjects kept "
@@ -200,7 +246,7 @@ def _openve(category: str) -> Rubric:
     return Rubric(
         name="openve", title=f"OpenVE-Bench, {category}", category=category, role=_ROLE, states_cap=True,
         task=f"This edit is {kind}. Grade it on the three criteria below.",
-        inputs=("source", "edited"),
+        inputs=("source", "edited"), levels=_FIVE_LEVELS,
         dimensions=(
             Dimension("instruction_compliance", "Instruction Compliance", 1, 5,
                       f"Does the edit do what was asked? Look for: {follow}."),
@@ -216,7 +262,7 @@ def _openve(category: str) -> Rubric:
 _IMVIDEOEDIT = Rubric(
     name="imvideoedit-100", title="ImVideoEdit 100-point rubric", role=_ROLE, overall="sum",
     task="Grade the edited video on four criteria with the point budgets given; the points add up to 100.",
-    inputs=("source", "edited"),
+    inputs=("source", "edited"), levels=_POINT_BANDS,
     dimensions=(
         Dimension("instruction_adherence", "Instruction Adherence", 0, 30,
                   "How completely and precisely the instruction is carried out, and nothing else changed."),
@@ -230,12 +276,27 @@ _IMVIDEOEDIT = Rubric(
     ),
 )
 
+_RVEDIT = Rubric(
+    name="rvedit-100", title="RVEDiT evaluation (1-100 on three criteria)", role=_ROLE, levels=_HUNDRED_BANDS,
+    task="Grade the edited video on the three criteria below, each from 1 to 100.",
+    inputs=("source", "edited"), max_side=512,
+    dimensions=(
+        Dimension("edit_accuracy", "Edit Accuracy", 1, 100,
+                  "Is the requested change made - on the right object or region, to the right extent, as described?"),
+        Dimension("content_preservation", "Content Preservation", 1, 100,
+                  "Is everything the instruction does not touch kept as in the source: identities, background, "
+                  "layout, motion?"),
+        Dimension("visual_quality", "Visual Quality", 1, 100,
+                  "Is the result natural, sharp and free of artifacts, and coherent from frame to frame?"),
+    ),
+)
+
 _REFERENCE_QUALITY = Rubric(
     name="reference-quality", title="Reference image quality check",
     role="You check reference images made for training a reference-guided video editing model.",
     task="A reference image was cut out of an edited frame. Say how usable it is as the reference for this "
          "edit.",
-    inputs=("edited", "reference"), requires_reference=True,
+    inputs=("source", "edited", "reference"), requires_reference=True,
     dimensions=(
         Dimension("score", "Reference Quality", 1, 10,
                   "10: it shows exactly the content the instruction brings in, complete, sharp and cleanly "
@@ -245,10 +306,28 @@ _REFERENCE_QUALITY = Rubric(
     ),
 )
 
-_FIXED = {r.name: r for r in (_VIE, _REFVIE_SUBJECT, _REFVIE_BACKGROUND, _IMVIDEOEDIT, _REFERENCE_QUALITY)}
-_ALIASES = {"viva": "vie-bench", "vie": "vie-bench", "imvideoedit": "imvideoedit-100"}
+_EDIT_PAIR_QUALITY = Rubric(
+    name="edit-pair-quality", title="Edit pair quality check (EditScore-style)", overall="geometric",
+    role="You check image and video editing pairs before they are used to train an editing model.",
+    task="An edited frame was made from a source frame by the instruction below. Say how good the pair is as a "
+         "training example of that instruction.",
+    inputs=("source", "edited"),
+    dimensions=(
+        Dimension("semantic_consistency", "Semantic Consistency", 0, 10,
+                  "10: the edit does exactly what the instruction asks and nothing else changes. 0: the instruction "
+                  "is not carried out, or the edit changes much more than asked (over-editing)."),
+        Dimension("perceptual_quality", "Perceptual Quality", 0, 10,
+                  "10: the edited frame looks natural and clean. 0: strong artifacts, distortions, blur or "
+                  "unnatural lighting, seams around the edited region."),
+    ),
+)
+
+_FIXED = {r.name: r for r in (_VIE, _REFVIE_SUBJECT, _REFVIE_BACKGROUND, _IMVIDEOEDIT, _RVEDIT, _REFERENCE_QUALITY,
+                              _EDIT_PAIR_QUALITY)}
+_ALIASES = {"viva": "vie-bench", "vie": "vie-bench", "imvideoedit": "imvideoedit-100", "rvedit": "rvedit-100"}
 RUBRIC_NAMES = ("vie-bench", "refvie-subject", "refvie-background") + tuple(
-    f"openve-{c}" for c in OPENVE_CATEGORIES) + ("imvideoedit-100", "reference-quality")
+    f"openve-{c}" for c in OPENVE_CATEGORIES) + ("imvideoedit-100", "rvedit-100", "reference-quality",
+                                                 "edit-pair-quality")
 
 
 def list_rubrics() -> list[str]:
@@ -279,7 +358,7 @@ def get_rubric(name: str | Rubric, category: str | None = None) -> Rubric:
     if key in _FIXED:
         return _FIXED[key]
     raise InputError(f"unknown rubric {name!r}; known: {', '.join(RUBRIC_NAMES)} (aliases: viva, imvideoedit, "
-                     "openve + category, refvie + category).")
+                     "rvedit, openve + category, refvie + category).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,9 +380,14 @@ def apply_cap(rubric: Rubric, scores: dict[str, float]) -> tuple[dict[str, float
 
 
 def overall_score(rubric: Rubric, scores: dict[str, float]) -> float:
-    """Mean (or, for the 100-point rubric, sum) of the rubric's dimension scores."""
+    """Mean (or, for the 100-point rubric, sum; for the edit-pair check, geometric mean) of the rubric's
+    dimension scores."""
     values = [float(scores[d.key]) for d in rubric.dimensions]
-    return float(sum(values)) if rubric.overall == "sum" else float(sum(values) / len(values))
+    if rubric.overall == "sum":
+        return float(sum(values))
+    if rubric.overall == "geometric":          # VIEScore/EditScore style: one weak side pulls the pair down
+        return float(math.prod(values) ** (1.0 / len(values)))
+    return float(sum(values) / len(values))
 
 
 def finalize_scores(rubric: Rubric, scores: dict[str, float], enforce_cap: bool | None = None

@@ -8,7 +8,9 @@ the instruction, the criteria with their scales and the answer format, then read
 no scores and every answer with its reason: a failure is never turned into a score.
 
 Scores pass through :func:`comfy_kiwi.judging.rubrics.finalize_scores` (cap rule, overall; see
-:mod:`comfy_kiwi.judging.rubrics` for each rubric's definition).
+:mod:`comfy_kiwi.judging.rubrics` for each rubric's definition). The prompt lists the rubric's level anchors
+after the criteria; a rubric with ``max_side`` (RVEDiT: 512) has its frames scaled down to that longer side
+before the judge sees them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .rubrics import Rubric, finalize_scores, get_rubric
 from .vlm import GenerateFn, VLMRequest, ask
 
 __all__ = ["JudgeSettings", "JudgeResult", "JudgeError", "judge_edit", "score_answer", "build_judge_request",
-           "rubric_prompt"]
+           "rubric_prompt", "limit_side"]
 
 
 class JudgeError(KiwiError, RuntimeError):
@@ -98,6 +100,9 @@ def rubric_prompt(rubric: Rubric, instruction: str, extra: str = "") -> str:
     lines += ["", "Criteria:"]
     for i, d in enumerate(rubric.dimensions, 1):
         lines.append(f"{i}. {d.label} ({d.low:g}-{d.high:g}): {d.guide}")
+    if rubric.levels:
+        lines += ["", "Score levels (for every criterion):"]
+        lines += [f"- {band}: {meaning}" for band, meaning in rubric.levels]
     if rubric.states_cap and len(rubric.dimensions) > 1:
         rest = " and ".join(d.label for d in rubric.dimensions[1:])
         lines += ["", f"Rule: {rest} may not be higher than {rubric.dimensions[0].label}. A judge who gives the "
@@ -111,6 +116,19 @@ def rubric_prompt(rubric: Rubric, instruction: str, extra: str = "") -> str:
 _LABELS = {"source": "Source", "edited": "Edited", "reference": "Reference"}
 
 
+def limit_side(frames, max_side: int | None):
+    """``frames`` [F, H, W, 3] scaled down (bilinear, antialiased) so the longer side is at most ``max_side``."""
+    import torch.nn.functional as F
+    if max_side is None or frames.dim() != 4 or max(frames.shape[1:3]) <= max_side:
+        return frames
+    h, w = frames.shape[1:3]
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    out = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", align_corners=False,
+                        antialias=True)
+    return out.permute(0, 2, 3, 1).clamp(0, 1).to(frames.dtype)
+
+
 def _visual_items(rubric: Rubric, visuals: dict) -> list:
     items = []
     for name in rubric.inputs:
@@ -118,6 +136,7 @@ def _visual_items(rubric: Rubric, visuals: dict) -> list:
         if value is None:
             continue
         frames, fps = value
+        frames = limit_side(frames, rubric.max_side)
         n = int(frames.shape[0]) if frames.dim() == 4 else 1
         kind = "image" if n == 1 else "video"
         label = f"{_LABELS[name]} {'image' if name == 'reference' else kind}:"

@@ -1,26 +1,41 @@
 """Build reference images for Kiwi training triplets (the RefVIE recipe, automated).
 
-``python -m trainer.data build-references --csv IN.csv --out OUT.csv --images-dir DIR --vlm QWEN [--clip CLIP]``
+``python -m trainer.data build-references --csv IN.csv --out OUT.csv --images-dir DIR --vlm QWEN --sam SAM
+[--clip CLIP]``
 
 For every row ``(src_video, tgt_video, prompt)`` (paths relative to ``--base-path``, default the input
 CSV's folder):
 
-1. read frame ``--frame-index`` of the target video (an image file is a one-frame video);
-2. decide the kind: ``--mode subject|background``, or ``auto``: an ``edit_type``/``edited_type``
+1. read frame ``--frame-index`` of the source and of the target video (an image file is a one-frame video);
+2. size filter: a frame whose short side is below ``--min-side`` or whose aspect ratio (long / short side) is
+   above ``--max-aspect`` is dropped (stage ``resolution``);
+3. edit-pair filter (EditScore-style, before grounding): the VLM scores the pair, source and edited frame with
+   the instruction (``edit-pair-quality``: semantic consistency and perceptual quality 0-10, geometric mean);
+   below ``--pair-threshold`` the row is dropped (``--no-pair-check`` skips it);
+4. decide the kind: ``--mode subject|background``, or ``auto``: an ``edit_type``/``edited_type``
    column containing "background" -> background, else the prompt mentioning background / backdrop /
    scenery -> background, else subject;
-3. ground with the VLM: subject -> the content the edit brought in; background -> the foreground;
-4. subject: the box cut out tightly (``comfy_kiwi.judging.local_reference``); background: the box
-   removed and filled (``background_reference``, ``--fill pyramid|diffuse``);
-5. quality check: the VLM scores the reference 1-10 against the prompt and the frame; below
-   ``--quality-threshold`` the row is dropped (``--no-quality`` skips the check);
-6. with ``--clip``: a reference whose CLIP embedding has cosine ``>= --dedupe-threshold`` with an
+5. ground with the VLM: subject -> the content the edit brought in; background -> the foreground;
+6. segment the box into an object mask: ``--segment sam`` (default; SAM through transformers from the local
+   folder ``--sam``), ``difference`` (pixels in the box that the edit changed; no model) or ``box``;
+   an object whose tight box is smaller than ``--min-object-side`` or more elongated than
+   ``--max-object-aspect`` is dropped (stage ``segmentation``);
+7. subject: the masked object on a clean canvas (``--canvas``, white), cropped tightly
+   (``comfy_kiwi.judging.local_reference``); background: only the masked object erased and filled
+   (``background_reference``, ``--fill pyramid|diffuse``, grown by ``--dilate``);
+8. quality check: the VLM scores the reference 1-10 against the prompt, the source frame and the edited frame;
+   below ``--quality-threshold`` the row is dropped (``--no-quality`` skips the check);
+9. with ``--clip``: a reference whose CLIP embedding has cosine ``>= --dedupe-threshold`` with an
    already kept one is dropped as a near-duplicate;
-7. the reference is written as ``DIR/<row>_<hash>.png`` and the row, with ``ref_image`` (relative to
-   the base path, like the other paths), appended to ``OUT.csv``.
+10. the reference is written as ``DIR/<row>_<hash>.png`` and the row, with ``ref_image`` (relative to
+    the base path, like the other paths), appended to ``OUT.csv``.
+
+Generative synthesis of the reference (the paper redraws it with an image-editing model) is not part of this
+tool; its references are cut out of the target frame.
 
 Dropped rows go to ``--drops`` (default ``OUT.drops.jsonl``): one JSON object per row with the row
-number, the triplet, the stage (input, grounding, reference, quality, dedupe) and the reason.
+number, the triplet, the stage (input, resolution, pair, grounding, segmentation, reference, quality, dedupe)
+and the reason.
 
 Resumable and idempotent: rows already in ``OUT.csv`` or in the drops file are skipped (matched by
 their triplet and occurrence), each row is appended and flushed as soon as it is done, and a re-run
@@ -65,12 +80,31 @@ class BuildSettings:
     margin: int = 0
     retry_drops: bool = False
     limit: int | None = None
+    segment: str = "sam"               # sam | difference | box (comfy_kiwi.judging.segmentation)
+    difference_threshold: float = 0.1  # segment = difference: per-channel change that counts as the object
+    canvas: tuple = (1.0, 1.0, 1.0)    # background colour of subject references (RGB 0..1)
+    check_pair: bool = True            # the EditScore-style filter on the edit pair, before grounding
+    pair_threshold: float = 6.0        # 0..10, geometric mean of semantic consistency and perceptual quality
+    min_side: int = 256                # frames: shortest side in pixels (our default; 480p data passes)
+    max_aspect: float = 3.0            # frames: long side / short side
+    min_object_side: int = 16          # the segmented object's tight box: shortest side in pixels
+    max_object_aspect: float = 6.0     # ... and its long / short side
 
     def __post_init__(self):
+        from comfy_kiwi.judging.segmentation import SEGMENTERS
         if self.mode not in ("auto", "subject", "background"):
             raise InputError(f"--mode must be auto, subject or background; got {self.mode!r}.")
         if self.frame_index < 0:
             raise InputError(f"--frame-index must be >= 0; got {self.frame_index}.")
+        if self.segment not in SEGMENTERS:
+            raise InputError(f"--segment must be one of {', '.join(SEGMENTERS)}; got {self.segment!r}.")
+        for name in ("min_side", "min_object_side"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}.")
+        for name in ("max_aspect", "max_object_aspect"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1 (long side / short side); got "
+                                 f"{getattr(self, name)}.")
 
 
 @dataclass
@@ -169,41 +203,83 @@ def _kind(row: dict, mode: str) -> str:
 # one row
 # ---------------------------------------------------------------------------------------------
 
-def _target_frame(path: Path, frame_index: int) -> torch.Tensor:
+def _read_frame(path: Path, frame_index: int, what: str) -> torch.Tensor:
     from comfy_kiwi.video_io import read_video
     if not path.exists():
-        raise _Drop("input", f"tgt_video not found: {path}")
+        raise _Drop("input", f"{what} not found: {path}")
     try:
         frames, _ = read_video(path, max_frames=frame_index + 1)
     except KiwiError as e:
-        raise _Drop("input", f"cannot read tgt_video {path}: {e}") from None
+        raise _Drop("input", f"cannot read {what} {path}: {e}") from None
     if frames.shape[0] <= frame_index:
-        raise _Drop("input", f"tgt_video {path} has {frames.shape[0]} frame(s); --frame-index is {frame_index}")
+        raise _Drop("input", f"{what} {path} has {frames.shape[0]} frame(s); --frame-index is {frame_index}")
     return frames[frame_index:frame_index + 1]
 
 
-def _make_reference(row: dict, base: Path, generate, settings: BuildSettings) -> tuple[torch.Tensor, torch.Tensor, str]:
-    from comfy_kiwi.judging import background_reference, ground, local_reference
+def _size_problem(width: int, height: int, min_side: int, max_aspect: float) -> str | None:
+    """Why a ``width x height`` region fails the size filter (None when it passes)."""
+    short, long = min(width, height), max(width, height)
+    if short < min_side:
+        return f"{width}x{height}: shortest side {short} < {min_side}"
+    if long / short > max_aspect:
+        return f"{width}x{height}: aspect ratio {long / short:.2f} > {max_aspect:g}"
+    return None
+
+
+@dataclass
+class Models:
+    """What a row needs besides the settings: the VLM (grounding and the checks) and the segmenter."""
+    generate: object
+    sam: object = None
+
+
+def _make_reference(row: dict, base: Path, models: Models, settings: BuildSettings
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """(reference, edited frame, source frame, kind) of one row, or a :class:`_Drop`."""
+    from comfy_kiwi.judging import (background_reference, check_edit_pair, ground, local_reference, mask_to_box,
+                                    segment_box)
     src, tgt, prompt = _triplet(row)
     if not src or not tgt or not prompt.strip():
         raise _Drop("input", "empty src_video, tgt_video or prompt")
-    if not (base / src).exists():
-        raise _Drop("input", f"src_video not found: {base / src}")
-    frame = _target_frame(base / tgt, settings.frame_index)
+    source = _read_frame(base / src, settings.frame_index, "src_video")
+    frame = _read_frame(base / tgt, settings.frame_index, "tgt_video")
+    h, w = int(frame.shape[1]), int(frame.shape[2])
+    problem = _size_problem(w, h, settings.min_side, settings.max_aspect)
+    if problem:
+        raise _Drop("resolution", f"target frame {problem}")
+    if settings.check_pair:
+        pair = check_edit_pair(models.generate, source, frame, prompt, settings.pair_threshold, settings.attempts,
+                               settings.seed)
+        if not pair.ok:
+            raise _Drop("pair", f"edit-pair check unanswered: {pair.errors[-1]}")
+        if not pair.passed:
+            raise _Drop("pair", f"edit-pair score {pair.score:.2f} is below the threshold {settings.pair_threshold:g}")
     kind = _kind(row, settings.mode)
     target = "edited" if kind == "subject" else "foreground"
-    found = ground(generate, frame, prompt, target=target, coordinate_space=settings.coordinate_space,
+    found = ground(models.generate, frame, prompt, target=target, coordinate_space=settings.coordinate_space,
                    attempts=settings.attempts, seed=settings.seed)
     if not found.ok:
         raise _Drop("grounding", f"grounding failed after {len(found.answers)} attempt(s): {found.errors[-1]}")
+    src_frame = source[0] if tuple(source.shape[1:3]) == (h, w) else None
+    try:
+        mask = segment_box(settings.segment, frame[0], found.box, models.sam, src_frame,
+                           settings.difference_threshold)
+    except InputError as e:
+        raise _Drop("segmentation", str(e)) from None
+    tight = mask_to_box(mask)
+    if tight is None:
+        raise _Drop("segmentation", f"the {settings.segment} mask of the box {found.box.as_list()} is empty")
+    problem = _size_problem(tight.width, tight.height, settings.min_object_side, settings.max_object_aspect)
+    if problem:
+        raise _Drop("segmentation", f"object {problem}")
     try:
         if kind == "subject":
-            ref = local_reference(frame, box=found.box, margin=settings.margin)
+            ref = local_reference(frame, mask=mask[None], margin=settings.margin, canvas=settings.canvas)
         else:
-            ref = background_reference(frame, found.mask, dilate=settings.dilate, method=settings.fill)
+            ref = background_reference(frame, mask[None], dilate=settings.dilate, method=settings.fill)
     except InputError as e:
         raise _Drop("reference", str(e)) from None
-    return ref, frame, kind
+    return ref, frame, source, kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,12 +287,17 @@ def _make_reference(row: dict, base: Path, generate, settings: BuildSettings) ->
 # ---------------------------------------------------------------------------------------------
 
 def build_references(csv_in, csv_out, images_dir, generate, clip=None, base_path=None, drops_path=None,
-                     settings: BuildSettings | None = None, progress: bool = True) -> BuildSummary:
+                     settings: BuildSettings | None = None, progress: bool = True, sam=None) -> BuildSummary:
     """Run the tool (see the module docstring). ``generate``: a comfy_kiwi VLM or any
-    ``VLMRequest -> str`` callable; ``clip``: a :class:`comfy_kiwi.judging.ClipModel` or None."""
+    ``VLMRequest -> str`` callable; ``clip``: a :class:`comfy_kiwi.judging.ClipModel` or None; ``sam``: a
+    :class:`comfy_kiwi.judging.SamSegmenter` (needed by ``settings.segment = "sam"``)."""
     from comfy_kiwi.judging import check_reference_quality, dedupe_features
     from comfy_kiwi.progress import Progress
     settings = settings or BuildSettings()
+    if settings.segment == "sam" and sam is None:
+        raise InputError("segmentation 'sam' needs a SAM model: give --sam FOLDER (a local transformers SAM "
+                         "folder), or choose --segment difference|box.")
+    models = Models(generate, sam)
     csv_in, csv_out, images_dir = Path(csv_in), Path(csv_out), Path(images_dir)
     base = Path(base_path) if base_path else csv_in.resolve().parent
     drops_path = Path(drops_path) if drops_path else csv_out.with_name(csv_out.stem + ".drops.jsonl")
@@ -268,11 +349,11 @@ def build_references(csv_in, csv_out, images_dir, generate, clip=None, base_path
         for i in todo:
             row, key = rows[i], keys[i]
             try:
-                ref, frame, kind = _make_reference(row, base, generate, settings)
+                ref, frame, source, kind = _make_reference(row, base, models, settings)
                 if settings.check_quality:
                     q = check_reference_quality(generate, ref, frame, row["prompt"], "local" if kind == "subject"
                                                 else "background", settings.quality_threshold, settings.attempts,
-                                                settings.seed)
+                                                settings.seed, source_frame=source)
                     if not q.ok:
                         raise _Drop("quality", f"quality check unanswered: {q.errors[-1]}")
                     if not q.passed:
@@ -318,7 +399,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True, help="input CSV with src_video, tgt_video, prompt")
     p.add_argument("--out", required=True, help="output CSV (input columns + ref_image); appended on resume")
     p.add_argument("--images-dir", required=True, help="folder for the reference PNGs")
-    p.add_argument("--vlm", required=True, help="local Qwen2.5-VL folder (grounding and quality check)")
+    p.add_argument("--vlm", required=True, help="local Qwen2.5-VL folder (grounding and quality checks)")
+    p.add_argument("--sam", default=None, help="local transformers SAM folder (box -> object mask)")
+    p.add_argument("--segment", choices=["sam", "difference", "box"], default=d.segment,
+                   help="how the grounded box becomes a mask: SAM (needs --sam), the pixels the edit changed "
+                        "inside the box, or the whole box")
+    p.add_argument("--difference-threshold", type=float, default=d.difference_threshold,
+                   help="--segment difference: change (0..1, max over channels) that counts as the object")
+    p.add_argument("--canvas", type=float, nargs=3, default=list(d.canvas), metavar=("R", "G", "B"),
+                   help="background colour of subject references, 0..1")
+    p.add_argument("--pair-threshold", type=float, default=d.pair_threshold,
+                   help="minimum 0-10 edit-pair score (EditScore-style check before grounding)")
+    p.add_argument("--no-pair-check", action="store_true", help="skip the edit-pair check")
+    p.add_argument("--min-side", type=int, default=d.min_side, help="frames: minimum shortest side (pixels)")
+    p.add_argument("--max-aspect", type=float, default=d.max_aspect, help="frames: maximum long/short side")
+    p.add_argument("--min-object-side", type=int, default=d.min_object_side,
+                   help="segmented object: minimum shortest side of its tight box (pixels)")
+    p.add_argument("--max-object-aspect", type=float, default=d.max_object_aspect,
+                   help="segmented object: maximum long/short side of its tight box")
     p.add_argument("--clip", default=None, help="local CLIP folder for near-duplicate removal (off without it)")
     p.add_argument("--base-path", default=None, help="folder the CSV paths are relative to (default: the CSV's)")
     p.add_argument("--drops", default=None, help="JSONL of dropped rows (default: OUT.drops.jsonl)")
@@ -333,7 +431,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--fill", choices=["pyramid", "diffuse"], default=d.fill, help="hole fill of background references")
     p.add_argument("--dilate", type=int, default=d.dilate, help="grow the removed foreground by N pixels")
-    p.add_argument("--margin", type=int, default=d.margin, help="white margin around subject references (pixels)")
+    p.add_argument("--margin", type=int, default=d.margin, help="canvas margin around subject references (pixels)")
     p.add_argument("--retry-drops", action="store_true", help="process rows dropped by an earlier run again")
     p.add_argument("--limit", type=int, default=None, help="process at most N new rows")
     p.add_argument("--max-pixels", type=int, default=28 * 28 * 1024, help="pixel budget of images shown to the VLM")
@@ -345,16 +443,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from comfy_kiwi.judging import VLMSettings, load_clip, load_vlm
+    from comfy_kiwi.judging import VLMSettings, load_clip, load_sam, load_vlm
     dtype = parse_dtype(args.dtype)
     settings = BuildSettings(mode=args.mode, frame_index=args.frame_index, coordinate_space=args.coordinate_space,
                              quality_threshold=args.quality_threshold, check_quality=not args.no_quality,
                              dedupe_threshold=args.dedupe_threshold, attempts=args.attempts, seed=args.seed,
                              fill=args.fill, dilate=args.dilate, margin=args.margin, retry_drops=args.retry_drops,
-                             limit=args.limit)
+                             limit=args.limit, segment=args.segment, difference_threshold=args.difference_threshold,
+                             canvas=tuple(args.canvas), check_pair=not args.no_pair_check,
+                             pair_threshold=args.pair_threshold, min_side=args.min_side, max_aspect=args.max_aspect,
+                             min_object_side=args.min_object_side, max_object_aspect=args.max_object_aspect)
+    if settings.segment == "sam" and not args.sam:
+        raise InputError("--segment sam needs --sam FOLDER (a local transformers SAM folder); or choose "
+                         "--segment difference|box.")
+    sam = load_sam(args.sam, device=args.device) if settings.segment == "sam" else None
     vlm = load_vlm(args.vlm, dtype=dtype, device=args.device, settings=VLMSettings(image_max_pixels=args.max_pixels))
     clip = load_clip(args.clip, device=args.device) if args.clip else None
     summary = build_references(args.csv, args.out, args.images_dir, vlm, clip, args.base_path, args.drops, settings,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, sam=sam)
     print(json.dumps(summary.to_dict(), indent=2))
     return 0

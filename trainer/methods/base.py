@@ -6,8 +6,9 @@ weights are saved, and how a sample edit is made. Adding Kiwi-Edit / InstructX /
 subclass here plus a preset TOML in trainer/presets/.
 
 The loss is computed inside ``TrainModule.forward`` so that accelerate's DDP/FSDP wrapper sees the
-call and synchronises gradients. Random draws (noise level, noise) are made by the loop from a
-generator seeded by (seed, step, micro-step, rank) and passed in, so a resumed run redraws them exactly.
+call and synchronises gradients. Random draws (noise level, noise, …) are made per sample: the loop hands
+``sample_draws`` one generator per item, seeded by (seed, global sample index), so a resumed run redraws them
+exactly and 2 processes × batch 1 draw what 1 process × batch 2 draws (see trainer/loop.py).
 
 Hooks a method may override (every default keeps the ImVideoEdit behaviour):
 
@@ -30,7 +31,8 @@ Hooks a method may override (every default keeps the ImVideoEdit behaviour):
   default = ``load_trainable_state_dict``.
 - ``save_final(module, output_dir) -> list[Path]``: the files of a finished run (default
   ``<method>.safetensors`` = ``trainable_state_dict``).
-- ``draws(batch, generator)``: the random draws of one micro-step (noise level, noise, …).
+- ``draws(batch, generator)``: the random draws of a batch (noise level, noise, …); the loop calls it once per
+  sample (a batch of one) through ``sample_draws`` and concatenates the per-sample tensors.
 
 ``self.device`` is the training device (set by the loop before caching, so ``cache_item`` encoders can use it).
 """
@@ -136,11 +138,32 @@ class TrainingMethod:
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
         return {"sigma": sigmas[ids].float(), "noise": noise}
 
+    def sample_draws(self, items: list[dict], generators: list[torch.Generator]) -> dict:
+        """The draws of one micro-batch: ``draws`` of each item alone with that item's generator, merged by
+        :func:`merge_sample_draws`. Every draw then depends on the sample's global index, not on the rank or
+        on where in a per-process batch the sample sits."""
+        if len(items) != len(generators):
+            raise ValueError(f"{len(items)} items but {len(generators)} generators")
+        return merge_sample_draws([self.draws(self.collate([item]), g) for item, g in zip(items, generators)])
+
     # --- sampling -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, module: TrainModule, batch: dict, steps: int, shift: float, seed: int) -> torch.Tensor:
         """Edited latents for the first item(s) of ``batch``."""
         raise NotImplementedError
+
+
+def merge_sample_draws(per_sample: list[dict]) -> dict:
+    """One micro-batch's draws from per-sample ones (each made for a batch of one): tensors with a leading
+    dimension of 1 are per-sample and are concatenated on dim 0; anything else (an int, a [2] seed pair) is a
+    micro-step-wide draw and is taken from the micro-batch's first sample."""
+    out = {}
+    for key, first in per_sample[0].items():
+        if torch.is_tensor(first) and first.ndim >= 1 and first.shape[0] == 1:
+            out[key] = torch.cat([d[key] for d in per_sample])
+        else:
+            out[key] = first
+    return out
 
 
 def flow_match_loss(model_out: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
