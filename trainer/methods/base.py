@@ -31,6 +31,7 @@ Hooks a method may override (every default keeps the ImVideoEdit behaviour):
 - ``save_final(module, output_dir) -> list[Path]``: the files of a finished run (default
   ``<method>.safetensors`` = ``trainable_state_dict``).
 - ``draws(batch, generator)``: the random draws of one micro-step (noise level, noise, …).
+- ``step_metrics(module) -> dict``: extra numbers logged with each step's loss (metrics.jsonl).
 
 ``self.device`` is the training device (set by the loop before caching, so ``cache_item`` encoders can use it).
 """
@@ -126,6 +127,10 @@ class TrainingMethod:
 
     def load_trainable_state_dict(self, module: TrainModule, state: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
+
+    def step_metrics(self, module: TrainModule) -> dict:
+        """Extra numbers for this optimiser step's metrics.jsonl line (e.g. Edit-GRPO's reward means)."""
+        return {}
 
     # --- randomness ---------------------------------------------------------------------------------------
     def draws(self, batch: dict, generator: torch.Generator) -> dict:
