@@ -56,6 +56,7 @@ class EditGRPOOptions:
     w_ps: float = 1.0
     shift: float = 5.0
     reward_max_frames: int = 8         # frames per video the CLIP rewards read
+    reference_tokens: bool = True      # reference latents reach the policy when the VIVA weights have them
 
     def grpo(self) -> fg.EditGRPOConfig:
         return fg.EditGRPOConfig(**{k: v for k, v in vars(self).items() if k in _GRPO_FIELDS})
@@ -120,16 +121,17 @@ class EditGRPOModule(TrainModule):
     def reward(self):
         return self._frozen[1]
 
-    def velocity_fn(self, hidden, mask, source):
+    def velocity_fn(self, hidden, mask, source, reference=None):
         """v(x, σ) of the VIVA policy for a group: the refiner runs at the step's t, then the DiT."""
         dtype = self.dit.dtype
+        ref = None if reference is None or self.dit.ref_embedder is None else reference.to(dtype)
 
         def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
             g = x.shape[0]
             t = torch.full((g,), 1000.0 * sigma, device=x.device)
             ctx = self.refiner.refine(hidden.expand(g, -1, -1), t, mask.expand(g, -1))
             src = None if self.dit.source_mixer is None else source.expand(g, -1, -1, -1, -1).to(dtype)
-            return self.dit(x.to(dtype), t, ctx.to(dtype), source_latents=src)
+            return self.dit(x.to(dtype), t, ctx.to(dtype), source_latents=src, reference_latents=ref)
         return velocity
 
     def frames(self, latents: torch.Tensor) -> torch.Tensor:
@@ -145,8 +147,9 @@ class EditGRPOModule(TrainModule):
         gen = torch.Generator().manual_seed(int(draws["rollout_seed"]))
         total, rewards = 0.0, []
         for i in range(n):
+            ref = batch.get("reference_latents")
             velocity = self.velocity_fn(batch["vlm_hidden"][i:i + 1], batch["vlm_mask"][i:i + 1],
-                                        batch["source"][i:i + 1])
+                                        batch["source"][i:i + 1], None if ref is None else ref[i:i + 1])
             noise = draws["noise"][i].to(batch["source"].device)                      # [G, C, f, h, w]
             r = eg.rollout(velocity, noise, cfg, gen)
             src_frames = self.frames(batch["source"][i:i + 1])[0]
@@ -249,7 +252,6 @@ class EditGRPOMethod(VivaMethod):
 
     @torch.no_grad()
     def sample(self, module, batch, steps, shift, seed):
-        from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning, sample_edit
-        cond = EditConditioning(batch["vlm_hidden"][:1], refiner=module.refiner, context_mask=batch["vlm_mask"][:1])
-        return sample_edit(module.dit, cond, SourceConditioning(batch["source"][:1]),
-                           EditSettings(steps=steps, shift=shift, seed=seed, progress=False))
+        """VIVA's inference preset (CFG 2.0 on the instruction only) with the trained LoRA in place."""
+        from .viva import viva_sample
+        return viva_sample(module.dit, module.refiner, batch, steps, shift, seed, module.dit.source_mixer is not None)
