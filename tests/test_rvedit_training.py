@@ -105,10 +105,21 @@ def test_rvedit_paper_preset_trains_exactly_its_groups_with_mllm_tokens(tiny, mo
     for k, v in streams.state_dict().items():
         assert torch.equal(v, module.streams.state_dict()[k])
     assert (cfg.output_dir / "rvedit-dit.safetensors").is_file()
-    assert (cfg.output_dir / "rvedit-mllm.safetensors").is_file()
+    # the trained connector + LoRA travel in rvedit.safetensors: applied to the MLLM the run started from, it
+    # gives the editing tokens the trained module gives
+    from comfy_kiwi.methods.rvedit_streams import trained_mllm
+    base = method._mllm()
+    batch = to_device(method.collate([items[0]]), "cpu")
+    frames = batch["mllm_frames"][0].float() / 255
+    with torch.no_grad():
+        start = base.encode_batch(batch["prompt"], frames)
+        mllm = trained_mllm(base, out)
+        want = module.editing_tokens(batch)
+        got = mllm.encode_batch(batch["prompt"], frames)
+    assert mllm is not base and torch.equal(base.encode_batch(batch["prompt"], frames), start)
+    assert not torch.allclose(start, want, atol=1e-4) and torch.allclose(got, want, atol=1e-4, rtol=1e-4)
 
     # inference through the library sampler's routed path: shallow blocks see X_e only
-    batch = to_device(method.collate([items[0]]), "cpu")
     n = len(module.dit.blocks)
     with CrossAttentionTap(module.dit, range(n), capture="input") as tap:
         lat = method.sample(module, batch, steps=2, shift=5.0, seed=0)

@@ -6,14 +6,18 @@
   ``RVEDiTStreams.video_embedder`` (a Conv3d of the DiT's patch geometry, initialised as a copy of
   the DiT's ``patch_embedding`` so its tokens start in the DiT's own token space), average-pooled on
   the token grid by ``pool`` (default none) to bound their count.
-- **X_ℓ** (caption tokens): umT5 features of the *source* caption through the DiT's own
-  ``text_embedding`` (Wan's native text path, frozen).
+- **X_ℓ** (language tokens): umT5 features of the *instruction* through the DiT's own
+  ``text_embedding`` (Wan's native text path, frozen) — what the trainer feeds, so what inference
+  must feed too (Kiwi UMT5 Encode of the same instruction).
 
 Only blocks ≥ L_s (0-based; the paper's l > L_s) see [X_e; X_v; X_ℓ] (``rvedit.RoutedContext``);
 ``L_s`` defaults to half the depth. With ``L_s`` = depth the routing is off and the DiT is the base model.
 
 Weights file (safetensors): ``rvedit.video_embedder.patch_embedding.{weight,bias}``, metadata
-``rvedit_pool`` ("pt,ph,pw") and ``rvedit_split`` (L_s).
+``rvedit_pool`` ("pt,ph,pw") and ``rvedit_split`` (L_s); and the MLLM parts RVEDiT trains with the
+DiT, under the Kiwi training-checkpoint names: the connector (``mllm.connetor.*`` [sic]) and the
+language model's LoRA (``mllm.model.model.language_model.…lora_{A,B}.default.weight``, metadata
+``mllm_lora_alpha``) — ``trained_mllm`` applies them to the MLLM encoder that gives X_e.
 """
 
 from __future__ import annotations
@@ -131,6 +135,30 @@ def load_rvedit(path, dit, split: int | None = None) -> RVEDiTStreams:
         raise CheckpointError(f"{path}: unreadable RVEDiT metadata {dict(meta)}.") from None
     out = RVEDiTStreams.for_dit(dit, saved_split if split is None else split, pool)
     out.load_prefixed({k: state[k] for k in state}, str(path))
+    return out.eval().requires_grad_(False)
+
+
+def trained_mllm(encoder, path):
+    """A copy of ``encoder`` (the MLLM the run started from) with the run's trained connector copied in and its
+    LoRA merged, read from an RVEDiT weights file; ``encoder`` itself is not changed. A file without MLLM parts
+    (written before the MLLM trained with the DiT) gives ``encoder`` back unchanged."""
+    import copy
+
+    from ..loading.files import open_state_dict
+    from ..mllm.lora import merge_lora_tensors
+    from ..training.checkpoint_export import from_kiwi_training_keys
+    state = open_state_dict(Path(path))
+    keys = [k for k in state if k.startswith("mllm.")]
+    if not keys:
+        return encoder
+    parts = from_kiwi_training_keys({k: state[k] for k in keys})
+    try:
+        alpha = float(state.metadata["mllm_lora_alpha"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: MLLM LoRA tensors without a readable mllm_lora_alpha metadata entry.") from None
+    out = copy.deepcopy(encoder)
+    out.load_extras(parts["mllm"], source=str(path), strict=False)
+    merge_lora_tensors(out, parts["mllm_lora"], alpha=alpha, source=str(path))
     return out.eval().requires_grad_(False)
 
 

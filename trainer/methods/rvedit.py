@@ -254,17 +254,17 @@ class RVEDiTMethod(TrainingMethod):
 
     def save_final(self, module, output_dir) -> list:
         from safetensors.torch import save_file
-        out = [module.streams.save(Path(output_dir) / "rvedit.safetensors")]
+        # rvedit.safetensors: the X_v embedder + L_s, and the MLLM's trained connector + LoRA (Kiwi training keys)
+        out = [Path(output_dir) / "rvedit.safetensors"]
+        tensors = {**module.streams.prefixed_state_dict(), **mllm_parts(module.mllm)}
+        alpha = self.options.mllm_lora_alpha or self.options.mllm_lora_rank
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out[0]),
+                  metadata={**module.streams.metadata(), "mllm_lora_alpha": str(alpha)})
         if module.adapter is not None:
             out.append(Path(output_dir) / "rvedit-dit-lora.safetensors")
             save_file({k: v.contiguous() for k, v in module.adapter.comfyui_state_dict().items()}, str(out[-1]))
         if self.options.dit_training == "full":
             out.append(save_dit(Path(output_dir) / "rvedit-dit.safetensors", module.dit))
-        # the MLLM's trained connector + LoRA under Kiwi training-checkpoint names (rvedit_streams.apply_mllm_parts)
-        out.append(Path(output_dir) / "rvedit-mllm.safetensors")
-        save_file({k: v.detach().cpu().contiguous() for k, v in mllm_parts(module.mllm).items()}, str(out[-1]),
-                  metadata={"format": "pt", "mllm_lora_alpha": str(self.options.mllm_lora_alpha
-                                                                   or self.options.mllm_lora_rank)})
         return out
 
     # --- sampling ---------------------------------------------------------------------------------------
