@@ -31,7 +31,13 @@ def env(tmp_path_factory):
     with torch.no_grad():                       # trained-looking weights: the gates are no longer zero
         for p in [*refiner.parameters(), *dit.source_mixer.parameters()]:
             p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    dit.ref_embedder = None                       # the tiny Kiwi DiT's own: VIVA weights without reference tokens
     viva.save_viva(models / "loras" / "viva_tiny.safetensors", dit, refiner)
+    dit.attach_condition_embedders(source=False, reference=True)          # VIVA weights trained with references
+    with torch.no_grad():
+        for p in dit.ref_embedder.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
+    viva.save_viva(models / "loras" / "viva_ref_tiny.safetensors", dit, refiner)
     # an Edit-GRPO LoRA as the trainer writes it (ComfyUI keys, VIVA's self/cross-attention targets)
     from safetensors.torch import save_file
     from comfy_kiwi.methods.flow_grpo import LORA_TARGETS
@@ -51,7 +57,7 @@ def env(tmp_path_factory):
         _write_trained_rvedit(models / "loras" / "rvedit_tiny.safetensors", dit, mllm)
         frames = tiny_video_frames(5, 64, 64)
         (src,) = run(classes, "KiwiEncodeSource", vae, frames, "model default", False)
-        yield {"classes": classes, "dit": dit_h, "mllm": mllm, "frames": frames, "source": src}
+        yield {"classes": classes, "dit": dit_h, "mllm": mllm, "frames": frames, "source": src, "vae": vae}
     finally:
         comfy_adapter.set_models_dir(previous)
 
@@ -102,6 +108,31 @@ def test_viva_nodes_edit_like_the_library_and_leave_the_dit_alone(env):
         run(c, "KiwiVIVASampler", dit, weights, type(cond)(cond.context), env["source"], 0, 2, 5.0, 1.0)
 
 
+def test_viva_reference_latents_join_the_noisy_tokens_through_the_nodes(env):
+    """Weights with a reference embedder: the reference given to Kiwi Encode Source reaches the DiT as tokens (as in
+    training), the result equals the library call and differs from the run without it; weights without one refuse."""
+    from comfy_kiwi.methods import viva
+    from comfy_kiwi.pipeline import sample_edit
+    c, dit = env["classes"], env["dit"]
+    ref_image = torch.rand(1, 48, 40, 3, generator=torch.Generator().manual_seed(2))
+    (weights,) = run(c, "KiwiVIVALoader", "viva_ref_tiny.safetensors", dit)
+    assert weights.ref_embedder is not None
+    (cond,) = run(c, "KiwiVIVAEncode", env["mllm"], weights, env["frames"], "Put this hat on it.", True, ref_image)
+    (src,) = run(c, "KiwiEncodeSource", env["vae"], env["frames"], "model default", False, ref_image)
+    assert src.reference_latents is not None
+    (lat,) = run(c, "KiwiVIVASampler", dit, weights, cond, src, 0, 2, 5.0, 2.0)
+    (without,) = run(c, "KiwiVIVASampler", dit, weights, cond, env["source"], 0, 2, 5.0, 2.0)
+    assert not torch.allclose(lat, without, atol=1e-5)
+    assert dit.model.ref_embedder is not weights.ref_embedder                 # restored after the run
+    with viva.applied(dit.model, weights):
+        ref = sample_edit(dit.model, cond, src, viva.viva_settings(steps=2, progress=False))
+    assert torch.allclose(lat, ref.float())
+    (plain,) = run(c, "KiwiVIVALoader", "viva_tiny.safetensors", dit)
+    (cond2,) = run(c, "KiwiVIVAEncode", env["mllm"], plain, env["frames"], "Put this hat on it.", True, ref_image)
+    with pytest.raises(Exception, match="no reference embedder"):
+        run(c, "KiwiVIVASampler", dit, plain, cond2, src, 0, 2, 5.0, 2.0)
+
+
 def test_rvedit_nodes_route_and_match_the_library(env):
     """The node chain feeds the trainer's streams: X_e from the MLLM with the run's connector + LoRA, X_ℓ from the
     instruction's umT5 rows; the result equals the library call."""
@@ -132,3 +163,15 @@ def test_rvedit_nodes_route_and_match_the_library(env):
     lib = sample_edit(dit.model, routed_conditioning(dit.model, streams, cond, env["source"].source_latents,
                                                      x_l.context), env["source"], EditSettings(steps=2, progress=False))
     assert torch.allclose(lat, lib.float(), atol=1e-5)
+
+
+def test_edit_grpo_lora_samples_through_the_lora_loader_and_the_viva_sampler(env):
+    c, dit = env["classes"], env["dit"]
+    (weights,) = run(c, "KiwiVIVALoader", "viva_tiny.safetensors", dit)
+    (cond,) = run(c, "KiwiVIVAEncode", env["mllm"], weights, env["frames"], "Make the square red.", True)
+    (plain,) = run(c, "KiwiVIVASampler", dit, weights, cond, env["source"], 0, 2, 5.0, 2.0)
+    (with_lora,) = run(c, "KiwiLoraLoader", dit, "edit_grpo_tiny.safetensors", 1.0)
+    (tuned,) = run(c, "KiwiVIVASampler", with_lora, weights, cond, env["source"], 0, 2, 5.0, 2.0)
+    assert torch.isfinite(tuned).all() and not torch.allclose(plain, tuned)
+    (again,) = run(c, "KiwiVIVASampler", dit, weights, cond, env["source"], 0, 2, 5.0, 2.0)
+    assert torch.equal(plain, again)                       # the LoRA was removed after its run
