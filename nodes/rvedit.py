@@ -109,11 +109,8 @@ class KiwiRVEDiTSampler:
         device = kiwi("comfy_adapter").compute_device()
         with placement.on_device(model, device), dit.applied():
             rvedit.to(device)
-            cond = kiwi("methods.rvedit_streams").routed_conditioning(
-                model, rvedit, conditioning, source.source_latents, instruction_text.context)
-            if model.source_embedder is None:       # a plain Wan DiT: the source reaches it through X_v only
-                source = pipeline.SourceConditioning(source.source_latents, feed_dit=False)
-            latents = pipeline.sample_edit(model, cond, source, settings, device=device)
+            latents = kiwi("methods.rvedit_streams").sample(model, rvedit, conditioning, source,
+                                                            instruction_text.context, settings, device=device)
         return (latents.float().cpu(),)
 
 

@@ -110,27 +110,20 @@ class KiwiVIVASampler:
         }}
 
     def sample(self, dit, viva, conditioning, source, seed, steps, shift, cfg):
-        errors, pipeline, placement = kiwi("errors"), kiwi("pipeline"), kiwi("placement")
+        errors, placement = kiwi("errors"), kiwi("placement")
         if getattr(conditioning, "refiner", None) is None:
             raise errors.InputError("this conditioning is not a VIVA encoding; connect Kiwi VIVA Encode.")
-        if conditioning.refiner is not viva.refiner:
-            raise errors.InputError("the conditioning was encoded with other VIVA weights than the ones connected "
-                                    "here; use the same Kiwi VIVA Loader for both nodes.")
         if source.source_latents is None:
             raise errors.InputError("the source has no latents; connect Kiwi Encode Source.")
-        if source.reference_latents is not None and viva.ref_embedder is None:
-            raise errors.InputError("these VIVA weights have no reference embedder (trained without reference "
-                                    "images); disconnect the reference from Kiwi Encode Source.")
         if source.source_latents.shape[1] != dit.model.config.in_dim:
             raise errors.InputError(f"the source has {source.source_latents.shape[1]} latent channels but this DiT "
                                     f"takes {dit.model.config.in_dim}; use the VAE that belongs to the DiT.")
         settings = kiwi("methods.viva").viva_settings(steps=int(steps), shift=float(shift), seed=int(seed),
                                                       cfg=float(cfg), progress=True)
         device = kiwi("comfy_adapter").compute_device()
-        viva_lib = kiwi("methods.viva")
-        with placement.on_device(dit.model, device), viva_lib.applied(dit.model, viva), dit.applied():
+        with placement.on_device(dit.model, device), dit.applied():
             viva.refiner.to(device)
-            latents = pipeline.sample_edit(dit.model, conditioning, source, settings, device=device)
+            latents = kiwi("methods.viva").sample(dit.model, viva, conditioning, source, settings, device=device)
         return (latents.float().cpu(),)
 
 

@@ -170,3 +170,19 @@ def routed_conditioning(dit, streams: RVEDiTStreams, cond, source_latents: torch
     with torch.no_grad():
         routing = streams.streams(dit, source_latents.to(dit.device), None if caption is None else caption.to(dit.device))
     return EditConditioning(cond.context, cond.negative, routing=routing)
+
+
+def sample(dit, streams: RVEDiTStreams, conditioning, source, language: torch.Tensor, settings, device=None):
+    """RVEDiT's sampler, the one entry point of the nodes and the trainer's evaluation, fed the streams training
+    used: X_e = ``conditioning.context`` (the MLLM with the run's connector + LoRA, ``trained_mllm``), X_v from
+    ``source.source_latents``, X_ℓ from ``language`` = the instruction's umT5 rows [1, L, text_dim]. A DiT without
+    a Kiwi source embedder gets the source only as X_v. Returns latents [1, C, f, h, w]."""
+    from ..pipeline import SourceConditioning, sample_edit
+    if source.source_latents is None:
+        raise InputError("RVEDiT needs the source latents (they size the run and give X_v).")
+    if language is None:
+        raise InputError("RVEDiT's deep blocks read X_ℓ = the instruction's umT5 rows, as in training; give them.")
+    cond = routed_conditioning(dit, streams, conditioning, source.source_latents, language)
+    if dit.source_embedder is None:
+        source = SourceConditioning(source.source_latents, feed_dit=False)
+    return sample_edit(dit, cond, source, settings, device=device)

@@ -199,6 +199,22 @@ def refined_context(refiner: TokenRefiner, hidden: torch.Tensor, mask: torch.Ten
     return refiner.refine(hidden, t, mask)
 
 
+def sample(dit, weights: VivaWeights, conditioning, source, settings, device=None) -> torch.Tensor:
+    """VIVA's sampler, the one entry point of the nodes and the trainer's evaluation: ``weights`` hooked into
+    ``dit`` for the run (``applied``), the refiner turning the instructor's hidden states into the context at every
+    step, CFG on the instruction only (``settings.cfg``; VIVA: 2.0, ``viva_settings``), the source by channel
+    concatenation and the reference latents as tokens beside the noisy ones. Returns latents [1, C, f, h, w]."""
+    from ..pipeline import sample_edit
+    if getattr(conditioning, "refiner", None) is not weights.refiner:
+        raise InputError("the conditioning was encoded with other VIVA weights than the ones given here (its refiner "
+                         "differs); encode and sample with the same weights (one Kiwi VIVA Loader for both nodes).")
+    if source.reference_latents is not None and weights.ref_embedder is None:
+        raise InputError("these VIVA weights have no reference embedder (trained without reference images); "
+                         "sample without reference latents.")
+    with applied(dit, weights):
+        return sample_edit(dit, conditioning, source, settings, device=device)
+
+
 def viva_settings(**overrides):
     """``EditSettings`` with VIVA's inference default: CFG 2.0 on the instruction only."""
     from ..pipeline import EditSettings

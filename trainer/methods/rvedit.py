@@ -270,15 +270,16 @@ class RVEDiTMethod(TrainingMethod):
     # --- sampling ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, module, batch, steps, shift, seed):
-        """The library sampler with RVEDiT routing (the trainer's hooks step aside for the run)."""
-        from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning, sample_edit
-        b = {k: (v[:1] if torch.is_tensor(v) else v[:1]) for k, v in batch.items()}
-        streams = module.streams.streams(module.dit, b["source"], b["context"])
-        cond = EditConditioning(module.editing_tokens(b), routing=streams)
-        feed = module._source(b) is not None
+        """``rvedit_streams.sample`` (the nodes' entry point) with the training streams; the trainer's routing
+        hooks step aside for the run (the sampler installs its own)."""
+        from comfy_kiwi.methods.rvedit_streams import sample
+        from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning
+        b = {k: v[:1] for k, v in batch.items()}
+        cond = EditConditioning(module.editing_tokens(b))
         settings = EditSettings(steps=steps, shift=shift, seed=seed, progress=False)
-        module.routing.__exit__(None, None, None)          # the sampler installs its own routing hooks
+        module.routing.__exit__(None, None, None)
         try:
-            return sample_edit(module.dit, cond, SourceConditioning(b["source"], feed_dit=feed), settings)
+            source = SourceConditioning(b["source"], feed_dit=module._source(b) is not None)
+            return sample(module.dit, module.streams, cond, source, b["context"], settings)
         finally:
             module.routing.__enter__()

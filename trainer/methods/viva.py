@@ -226,12 +226,13 @@ class VivaMethod(TrainingMethod):
 
 
 def viva_sample(dit, refiner, batch, steps, shift, seed, concat: bool = True, cfg: float = viva.VIVA_CFG):
-    """Edited latents of the batch's first item by the library sampler's VIVA path (also Edit-GRPO's)."""
-    from comfy_kiwi.pipeline import EditConditioning, SourceConditioning, sample_edit
+    """Edited latents of the batch's first item through ``methods.viva.sample`` (the nodes' entry point too)."""
+    from comfy_kiwi.pipeline import EditConditioning, SourceConditioning
     b = {k: v[:1] for k, v in batch.items() if torch.is_tensor(v)}
     neg = cfg != 1.0
     cond = EditConditioning(b["vlm_hidden"], b["vlm_hidden_null"] if neg else None, refiner=refiner,
                             context_mask=b["vlm_mask"], negative_mask=b["vlm_mask_null"] if neg else None)
+    weights = viva.VivaWeights(refiner, dit.source_mixer, dit.ref_embedder)     # attached to the DiT already
     ref = b.get("reference_latents") if dit.ref_embedder is not None else None
     settings = viva.viva_settings(steps=steps, shift=shift, seed=seed, cfg=cfg, progress=False)
-    return sample_edit(dit, cond, SourceConditioning(b["source"], ref, feed_dit=concat), settings)
+    return viva.sample(dit, weights, cond, SourceConditioning(b["source"], ref, feed_dit=concat), settings)
