@@ -57,7 +57,8 @@ class KiwiRVEDiTLoader:
             raise kiwi("errors").InputError(f"split {split} is larger than this DiT's {n} blocks.")
         streams, cache = kiwi("methods.rvedit_streams"), kiwi("model_cache")
         c = dit.model.config
-        weights = cache.cached_load("rvedit", path, lambda: streams.load_rvedit(path, dit.model, None if split < 0 else split),
+        weights = cache.cached_load("rvedit", path,
+                                    lambda: streams.load_rvedit(path, dit.model, None if split < 0 else split),
                                     dim=c.dim, in_dim=c.in_dim, split=split)
         trained = cache.cached_load("rvedit_mllm", path, lambda: streams.trained_mllm(mllm, path), mllm=id(mllm))
         return (weights, trained)

@@ -62,9 +62,6 @@ class EditGRPOOptions:
         return fg.EditGRPOConfig(**{k: v for k, v in vars(self).items() if k in _GRPO_FIELDS})
 
 
-REWARD_TERMS = ("R_IF", "R_SP", "R_PS")
-
-
 class ClipReward:
     """VIVA's rewards from the judging functions, one number per rollout and term (Eqs. 4–7):
 
@@ -145,9 +142,8 @@ class EditGRPOModule(TrainModule):
     def forward(self, batch: dict, draws: dict) -> torch.Tensor:
         cfg, n = self.config, batch["source"].shape[0]
         gen = torch.Generator().manual_seed(int(draws["rollout_seed"]))
-        total, rewards = 0.0, []
+        total, rewards, ref = 0.0, [], batch.get("reference_latents")
         for i in range(n):
-            ref = batch.get("reference_latents")
             velocity = self.velocity_fn(batch["vlm_hidden"][i:i + 1], batch["vlm_mask"][i:i + 1],
                                         batch["source"][i:i + 1], None if ref is None else ref[i:i + 1])
             noise = draws["noise"][i].to(batch["source"].device)                      # [G, C, f, h, w]
