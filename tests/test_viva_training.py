@@ -79,6 +79,10 @@ def test_viva_paper_preset_trains_exactly_its_groups_and_samples(tiny, monkeypat
     assert dit.source_mode == "concat" and dit.ref_embedder is not None
     for k, v in refiner.state_dict().items():
         assert torch.equal(v, module.refiner.state_dict()[k])
+    # the fine-tuned DiT file loads (Kiwi DiT Loader's reader) and, with viva.safetensors, is the trained model
+    tuned = load_dit(cfg.output_dir / "viva-dit.safetensors", dtype=torch.float32)
+    load_viva(out, tuned)
+    assert all(torch.equal(v, module.dit.state_dict()[k]) for k, v in tuned.state_dict().items())
     # inference through the trainer's sample hook (library sampler, refiner per step, CFG 2.0 with the
     # cached empty-instruction encoding, reference tokens)
     from trainer.data.cache import CachedDataset, to_device

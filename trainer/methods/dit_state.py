@@ -21,10 +21,11 @@ def load_dit_entries(dit, state: dict) -> None:
                 sd[k].copy_(v.to(sd[k].dtype))
 
 
-def save_dit(path: Path, dit) -> Path:
+def save_dit(path: Path, dit, exclude: tuple[str, ...] = ()) -> Path:
     """The fine-tuned DiT as one safetensors file; num_heads goes in the metadata because the loader cannot
-    infer it from the weight shapes."""
+    infer it from the weight shapes. Keys starting with an ``exclude`` prefix are left out (parts saved elsewhere)."""
     from safetensors.torch import save_file
-    save_file({k: v.detach().cpu().contiguous() for k, v in dit.state_dict().items()}, str(path),
+    save_file({k: v.detach().cpu().contiguous() for k, v in dit.state_dict().items()
+               if not (exclude and k.startswith(exclude))}, str(path),
               metadata={"format": "pt", "num_heads": str(dit.config.num_heads)})
     return path

@@ -213,7 +213,8 @@ class VivaMethod(TrainingMethod):
     def save_final(self, module, output_dir) -> list:
         out = [viva.save_viva(Path(output_dir) / "viva.safetensors", module.dit, module.refiner)]
         if self.options.train_dit:
-            out.append(save_dit(Path(output_dir) / "viva-dit.safetensors", module.dit))
+            # the reference embedder travels in viva.safetensors (Kiwi DiT Loader reads plain Wan + source_mixer keys)
+            out.append(save_dit(Path(output_dir) / "viva-dit.safetensors", module.dit, exclude=(viva.REF_PREFIX,)))
         return out
 
     # --- sampling ---------------------------------------------------------------------------------------
