@@ -406,6 +406,10 @@ def write_method_models(models) -> None:
         dit = tiny_kiwi_dit(seed=1)
         viva.save_viva(root / "loras" / "viva.safetensors", dit, viva.attach_viva(dit, TINY_HIDDEN))
         RVEDiTStreams.for_dit(tiny_kiwi_dit(seed=1)).save(root / "loras" / "rvedit.safetensors")
+    tuned = root / "diffusion_models" / "rvedit-dit.safetensors"      # the RVEDiT run's DiT, as the trainer saves it
+    if not tuned.exists():
+        from trainer.methods.dit_state import save_dit
+        save_dit(tuned, tiny_kiwi_dit(seed=1))
     umt5 = root / "text_encoders" / "Wan2.1-T2V-1.3B-Diffusers"      # the RVEDiT workflow's X_ℓ encoder
     if not umt5.exists():
         from comfy_kiwi.testing.tiny_umt5 import write_tiny_umt5

@@ -104,7 +104,9 @@ def test_rvedit_paper_preset_trains_exactly_its_groups_with_mllm_tokens(tiny, mo
     streams = load_rvedit(out, module.dit)
     for k, v in streams.state_dict().items():
         assert torch.equal(v, module.streams.state_dict()[k])
-    assert (cfg.output_dir / "rvedit-dit.safetensors").is_file()
+    from comfy_kiwi.loading.dit_loader import load_dit          # the fine-tuned Kiwi DiT loads as trained
+    tuned = load_dit(cfg.output_dir / "rvedit-dit.safetensors", dtype=torch.float32)
+    assert all(torch.equal(v, module.dit.state_dict()[k]) for k, v in tuned.state_dict().items())
     # the trained connector + LoRA travel in rvedit.safetensors: applied to the MLLM the run started from, it
     # gives the editing tokens the trained module gives
     from comfy_kiwi.methods.rvedit_streams import trained_mllm
