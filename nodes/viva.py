@@ -101,35 +101,29 @@ class KiwiVIVASampler:
             "dit": (KIWI_DIT, tip("The DiT (with any LoRAs, e.g. an Edit-GRPO LoRA) from a Kiwi loader.")),
             "viva": (KIWI_VIVA, tip("The VIVA weights from Kiwi VIVA Loader.")),
             "conditioning": (KIWI_CONDITIONING, tip("The instructor encoding from Kiwi VIVA Encode.")),
-            "source": (KIWI_SOURCE, tip("Source latents from Kiwi Encode Source (no reference latents: VIVA reads "
-                                        "the reference through the instructor).")),
+            "source": (KIWI_SOURCE, tip("Source latents from Kiwi Encode Source; give it the same reference image as "
+                                        "Kiwi VIVA Encode: its VAE latents join the noisy tokens (VIVA Fig. 2), "
+                                        "as in training.")),
             **seed_steps_shift_inputs(),
             "cfg": ("FLOAT", tip("Guidance on the instruction only; 2.0 is VIVA's preset, 1.0 turns it off (one DiT "
                                  "pass per step).", default=2.0, min=1.0, max=30.0, step=0.1, round=0.01)),
         }}
 
     def sample(self, dit, viva, conditioning, source, seed, steps, shift, cfg):
-        errors, pipeline, placement = kiwi("errors"), kiwi("pipeline"), kiwi("placement")
+        errors, placement = kiwi("errors"), kiwi("placement")
         if getattr(conditioning, "refiner", None) is None:
             raise errors.InputError("this conditioning is not a VIVA encoding; connect Kiwi VIVA Encode.")
-        if conditioning.refiner is not viva.refiner:
-            raise errors.InputError("the conditioning was encoded with other VIVA weights than the ones connected "
-                                    "here; use the same Kiwi VIVA Loader for both nodes.")
         if source.source_latents is None:
             raise errors.InputError("the source has no latents; connect Kiwi Encode Source.")
-        if source.reference_latents is not None:
-            raise errors.InputError("VIVA takes the reference through Kiwi VIVA Encode, not as latents; disconnect "
-                                    "the reference from Kiwi Encode Source.")
         if source.source_latents.shape[1] != dit.model.config.in_dim:
             raise errors.InputError(f"the source has {source.source_latents.shape[1]} latent channels but this DiT "
                                     f"takes {dit.model.config.in_dim}; use the VAE that belongs to the DiT.")
         settings = kiwi("methods.viva").viva_settings(steps=int(steps), shift=float(shift), seed=int(seed),
                                                       cfg=float(cfg), progress=True)
         device = kiwi("comfy_adapter").compute_device()
-        viva_lib = kiwi("methods.viva")
-        with placement.on_device(dit.model, device), viva_lib.applied(dit.model, viva), dit.applied():
+        with placement.on_device(dit.model, device), dit.applied():
             viva.refiner.to(device)
-            latents = pipeline.sample_edit(dit.model, conditioning, source, settings, device=device)
+            latents = kiwi("methods.viva").sample(dit.model, viva, conditioning, source, settings, device=device)
         return (latents.float().cpu(),)
 
 

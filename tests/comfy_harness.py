@@ -392,7 +392,7 @@ def write_judge_models(models_dir: Path) -> dict[str, Path]:
 
 def write_method_models(models) -> None:
     """Tiny stand-ins under the names the VIVA / RVEDiT workflows use: the Wan2.2 TI2V DiT (the tiny DiT file),
-    a stock Qwen2.5-VL-3B folder, and method weights shaped for those (as the trainer saves them)."""
+    a stock Qwen2.5-VL-3B folder, a umT5 folder, and method weights shaped for those (as the trainer saves them)."""
     import shutil
 
     from comfy_kiwi.methods import viva
@@ -406,6 +406,14 @@ def write_method_models(models) -> None:
         dit = tiny_kiwi_dit(seed=1)
         viva.save_viva(root / "loras" / "viva.safetensors", dit, viva.attach_viva(dit, TINY_HIDDEN))
         RVEDiTStreams.for_dit(tiny_kiwi_dit(seed=1)).save(root / "loras" / "rvedit.safetensors")
+    tuned = root / "diffusion_models" / "rvedit-dit.safetensors"      # the RVEDiT run's DiT, as the trainer saves it
+    if not tuned.exists():
+        from trainer.methods.dit_state import save_dit
+        save_dit(tuned, tiny_kiwi_dit(seed=1))
+    umt5 = root / "text_encoders" / "Wan2.1-T2V-1.3B-Diffusers"      # the RVEDiT workflow's X_ℓ encoder
+    if not umt5.exists():
+        from comfy_kiwi.testing.tiny_umt5 import write_tiny_umt5
+        write_tiny_umt5(umt5, d_model=32)
 
 
 def setup_environment(base: Path):

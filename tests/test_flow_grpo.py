@@ -164,3 +164,38 @@ def test_config_defaults_and_sources():
     assert (wan.sampling_steps, wan.group_size, wan.kl_beta, wan.lora_rank) == (20, 4, 0.004, 64)
     with pytest.raises(InputError, match="group_size"):
         fg.EditGRPOConfig(group_size=1)
+
+
+def test_edit_grpo_kl_is_on_flow_grpo_scale():
+    """The KL that β multiplies: mean over elements of (μ − μ_ref)² / (2·s_σ²) with s_σ = a·sqrt(σ/(1−σ)) for
+    the SDE step (Flow-GRPO's noise level, no sqrt(σ − σ_next)); for CPS the step std σ_next·sin(aπ/2)."""
+    from comfy_kiwi.methods import edit_grpo as eg
+    cfg = fg.EditGRPOConfig(sampling_steps=3, group_size=2, kl_beta=1.0, noise_level=0.7)
+    shift = torch.tensor(0.25)
+
+    class Adapter:                              # the "LoRA": a constant velocity offset, removed for the reference
+        on = True
+
+        def detach(self):
+            self.on = False
+
+        def attach(self):
+            self.on = True
+    adapter = Adapter()
+
+    def velocity(x, s):
+        return x * 0.1 + (shift if adapter.on else 0.0)
+    for method in ("sde", "cps"):
+        cfg.sde_method = method
+        r = eg.rollout(velocity, torch.randn(2, 1, 1, 2, 2, generator=torch.Generator().manual_seed(0)), cfg,
+                       torch.Generator().manual_seed(1))
+        i = 1
+        s, sn = float(r.sigmas[i]), float(r.sigmas[i + 1])
+        terms = eg.policy_loss(velocity, r, torch.tensor([1.0, -1.0]), [i], cfg, adapter)
+        m_new, _ = fg.step_distribution(r.xs[i], velocity(r.xs[i], s), s, sn, 0.7, method)
+        adapter.on = False
+        m_ref, _ = fg.step_distribution(r.xs[i], velocity(r.xs[i], s), s, sn, 0.7, method)
+        adapter.on = True
+        std = 0.7 * math.sqrt(s / (1 - s)) if method == "sde" else sn * math.sin(0.7 * math.pi / 2)
+        expected = float(((m_new - m_ref) ** 2).mean() / (2 * std ** 2))
+        assert expected > 0 and abs(float(terms.kl) - expected) < 1e-6 * max(1.0, expected), (method, terms.kl, expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -93,6 +94,22 @@ def test_info_nce_aligned_lower_than_shuffled_and_grad_only_into_a():
         symmetric_info_nce(aligned, b[:, :10])
 
 
+def test_info_nce_equals_a_hand_computation_of_both_directions_and_the_half():
+    """½[CE(a→b) + CE(b→a)] written out with loops over positions, for 2 samples of 3 positions."""
+    g = torch.Generator().manual_seed(11)
+    a, b = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    tau = 0.5
+    total = 0.0
+    for s in range(2):
+        za = [v / v.norm() for v in a[s]]
+        zb = [v / v.norm() for v in b[s]]
+        sim = [[float(za[i] @ zb[j]) / tau for j in range(3)] for i in range(3)]
+        a_to_b = sum(-sim[i][i] + math.log(sum(math.exp(sim[i][j]) for j in range(3))) for i in range(3)) / 3
+        b_to_a = sum(-sim[j][j] + math.log(sum(math.exp(sim[i][j]) for i in range(3))) for j in range(3)) / 3
+        total += 0.5 * (a_to_b + b_to_a)
+    assert abs(float(symmetric_info_nce(a, b, tau=tau, max_positions=None)) - total / 2) < 1e-5
+
+
 def test_alignment_on_tiny_dit_trains_only_the_editing_pass():
     """The full recipe on a tiny DiT: no-grad reference pass, tapped editing pass, InfoNCE at one block."""
     dit = tiny_dit(seed=4).train()
@@ -114,7 +131,7 @@ def test_alignment_on_tiny_dit_trains_only_the_editing_pass():
 
 def test_alignment_config():
     cfg = AlignmentConfig()
-    assert (cfg.loss_weight, cfg.tau) == (0.1, 0.07) and AlignmentConfig.strong().loss_weight == 0.75
+    assert (cfg.loss_weight, cfg.tau) == (0.75, 0.07) and AlignmentConfig.appendix().loss_weight == 0.1
     assert set(AlignmentConfig.LAMBDA_VALUES) == {0.75, 0.1}
     picks = {cfg.pick_block(4, random.Random(s)) for s in range(50)}
     assert picks == {0, 1, 2, 3}

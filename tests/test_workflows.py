@@ -59,7 +59,8 @@ def test_workflow_format(path):
         assert dst["inputs"][t_slot]["link"] == link_id and dst["inputs"][t_slot]["type"] in (typ, "*")
     loaders = [n for n in wf["nodes"] if n["type"].startswith("Kiwi") and n["type"].endswith("Loader")
                and n["type"] not in ("KiwiLoraLoader", "KiwiToyModelLoader",       # the toy model is embedded
-                                     "KiwiVIVALoader", "KiwiRVEDiTLoader")]        # trained here, not downloaded
+                                     "KiwiVIVALoader", "KiwiRVEDiTLoader")         # trained here, not downloaded
+               and n["widgets_values"][0] != "rvedit-dit.safetensors"]              # likewise (an RVEDiT run's DiT)
     if path.name.startswith("toy_"):
         assert any(n["type"] == "KiwiToyModelLoader" for n in wf["nodes"])
         return

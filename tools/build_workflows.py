@@ -527,30 +527,55 @@ def viva_edit(pack) -> Graph:
     return g
 
 
+WAN21_UMT5 = "Wan2.1-T2V-1.3B-Diffusers"           # a diffusers Wan2.1 folder: text_encoder/ + tokenizer/ (umT5)
+
+
 def rvedit_edit(pack) -> Graph:
-    """RVEDiT on the Kiwi-Edit instruct-reference release: X_e from its MLLM, X_v from the trained embedder."""
+    """RVEDiT on the Kiwi-Edit instruct-reference release, as it trained: the run's fine-tuned DiT, X_e from the
+    release's MLLM with the run's connector + LoRA, X_v from the trained embedder, X_ℓ = the instruction's umT5 rows."""
     g = Graph(pack)
     kind = "instruct-reference"
-    g.add("Note", (20, 60), {"text": "RVEDiT edit (docs/METHODS.md); optional caption: Kiwi UMT5 Encode → the "
-                                     "sampler's caption.\nWeights: runs/rvedit-kiwi-5b/rvedit.safetensors (preset "
-                                     "rvedit-kiwi-5b) into models/loras/.\n\n" + _download_note([kind])},
-          width=320, height=290)
-    loader = g.add("KiwiReleaseLoader", (360, 60), dict(LOADER, release=RELEASES[kind]), models=release_models(kind))
+    instruction = "Replace the red car with a blue bicycle."
+    g.add("Note", (20, 60), {"text": "RVEDiT edit (docs/METHODS.md), streams as in training: X_e = Kiwi MLLM Encode "
+                                     "with the MLLM from Kiwi RVEDiT Loader (trained connector + LoRA), X_ℓ = Kiwi "
+                                     "UMT5 Encode of the same instruction. umT5: hf download Wan-AI/" + WAN21_UMT5 +
+                                     " --include 'text_encoder/*' 'tokenizer/*' --local-dir models/text_encoders/" +
+                                     WAN21_UMT5 + "\n"
+                                     "Weights (preset rvedit-kiwi-5b): runs/rvedit-kiwi-5b/rvedit.safetensors into "
+                                     "models/loras/ and the fine-tuned DiT rvedit-dit.safetensors into "
+                                     "models/diffusion_models/ (with dit_training = \"lora\": the release's DiT + "
+                                     "Kiwi LoRA Loader).\n\n" + _download_note([kind])},
+          width=320, height=400)
+    rel = "kiwi release: " + RELEASES[kind]          # the release's VAE and MLLM; the DiT is the run's own
+    tuned = g.add("KiwiDiTLoader", (360, 60), dict(LOADER, dit_name="rvedit-dit.safetensors"),
+                  title="Kiwi DiT Loader (the RVEDiT run's DiT)")
+    vae = g.add("KiwiVAELoader", (360, 250), {"vae_name": rel, "dtype": "auto", "device": "auto"},
+                models=release_models(kind, ("vae",)))
+    mllm = g.add("KiwiMLLMLoader", (360, 420), {"mllm_name": rel, "kiwi_checkpoint": "none", "dtype": "auto",
+                                                 "device": "auto"}, models=release_models(kind, ("mllm_encoder",)))
     weights = g.add("KiwiRVEDiTLoader", (760, 560), {"weights_name": "rvedit.safetensors", "split": -1})
-    g.link(loader, "dit", weights, "dit")
+    g.link(tuned, "dit", weights, "dit")
+    g.link(mllm, "mllm", weights, "mllm")
+    umt5 = g.add("KiwiUMT5Loader", (360, 640), {"encoder_name": WAN21_UMT5, "dtype": "auto", "device": "auto"},
+                 models=[{"name": f"{WAN21_UMT5}/text_encoder/model-{i:05}-of-00005.safetensors", "directory":
+                          "text_encoders", "url": f"{HF}/Wan-AI/{WAN21_UMT5}/resolve/main/text_encoder/"
+                                                  f"model-{i:05}-of-00005.safetensors"} for i in range(1, 6)])
     comps, prep = _video_in_out(g, "kiwi_source.mp4")
-    enc = g.add("KiwiMLLMEncode", (760, 60), {"instruction": "Replace the red car with a blue bicycle.",
-                                              "encode_negative": False}, width=360)
+    enc = g.add("KiwiMLLMEncode", (760, 60), {"instruction": instruction, "encode_negative": False}, width=360)
+    x_l = g.add("KiwiUMT5Encode", (760, 760), {"caption": instruction, "text_len": 512}, title="Kiwi UMT5 Encode (X_ℓ)",
+                width=360)
     src = g.add("KiwiEncodeSource", (760, 310), {"reference_position": "model default", "tiled": False})
     smp = g.add("KiwiRVEDiTSampler", (1160, 60), dict(METHOD_SAMPLER, cfg=1.0))
     dec = g.add("KiwiVAEDecode", (1160, 360), {"tiled": False})
-    for a, out, b, inp in ((loader, "mllm", enc, "mllm"), (prep, "images", enc, "source"), (loader, "vae", src, "vae"),
-                           (prep, "images", src, "source"), (loader, "dit", smp, "dit"),
+    for a, out, b, inp in ((weights, "mllm", enc, "mllm"), (prep, "images", enc, "source"), (vae, "vae", src, "vae"),
+                           (prep, "images", src, "source"), (tuned, "dit", smp, "dit"),
                            (weights, "rvedit", smp, "rvedit"), (enc, "conditioning", smp, "conditioning"),
+                           (umt5, "umt5", x_l, "umt5"), (x_l, "conditioning", smp, "instruction_text"),
                            (src, "source", smp, "source"), (smp, "latent", dec, "latent"),
-                           (loader, "vae", dec, "vae")):
+                           (vae, "vae", dec, "vae")):
         g.link(a, out, b, inp)
-    g.group("RVEDiT", [enc, src, smp, dec], "#8a6a3a")
+    g.group("Models", [tuned, vae, mllm, umt5, weights], "#3f789e")
+    g.group("RVEDiT", [enc, x_l, src, smp, dec], "#8a6a3a")
     _video_out(g, dec, comps)
     return g
 

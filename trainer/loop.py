@@ -169,9 +169,10 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
         step += 1
         mean_loss = acc.reduce(total, "mean").item()
         losses.append(mean_loss)
+        extra = method.step_metrics(acc.unwrap_model(wrapped))      # read every step: numbers of this step only
         if metrics is not None and step % cfg.logging.every == 0:
             metrics.log(step, {"loss": mean_loss, "lr": lr,
-                               "seconds": round(time.time() - t0, 3)})
+                               "seconds": round(time.time() - t0, 3), **extra})
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4f}")

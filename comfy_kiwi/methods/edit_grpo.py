@@ -9,7 +9,8 @@ trajectories:
    ``flow_grpo.combined_reward``) → ``flow_grpo.group_advantages`` over the G rollouts of a prompt;
 3. ``policy_loss``: on a random fraction of the steps, recompute log π_θ(x_next | x) with gradients
    (``sde_step(..., prev_sample=x_next)``), the reference mean μ_ref with the LoRA switched off
-   (no grad), and sum the clipped-ratio loss and β·KL(π_θ ‖ π_ref).
+   (no grad), and sum the clipped-ratio loss and β·KL(π_θ ‖ π_ref), the KL on Flow-GRPO's scale
+   (``flow_grpo.flow_grpo_kl_std``), so its β values carry over.
 
 ``velocity(x, sigma) -> v`` is the model call; the reference policy is the same network with its
 LoRA disabled (``lora_disabled``), so the KL is exactly zero while the LoRA's B matrices are zero.
@@ -126,7 +127,9 @@ def policy_loss(velocity: Velocity, r: Rollout, advantages: torch.Tensor, step_i
             with torch.no_grad(), lora_disabled(adapter):
                 v_ref = velocity(x, s).float()
             mean_ref, _ = fg.step_distribution(x, v_ref, s, s_next, config.noise_level, config.sde_method)
-            kl = fg.kl_to_reference(step.mean, mean_ref, step.std.flatten())
+            # β is on Flow-GRPO's KL scale (‖μ − μ_ref‖² / 2s_σ², not / 2·std²)
+            kl = fg.kl_to_reference(step.mean, mean_ref,
+                                    fg.flow_grpo_kl_std(step.std.flatten(), s, s_next, config.sde_method))
             kls.append(kl.detach().mean())
         total = total + fg.grpo_loss(step.log_prob, r.log_probs[i].to(step.log_prob.device), adv,
                                      config.clip_range, kl, config.kl_beta)

@@ -179,6 +179,15 @@ def kl_to_reference(mean_new: torch.Tensor, mean_ref: torch.Tensor, std: torch.T
     return torch.where(live, kl, torch.zeros_like(kl)).flatten(1).mean(1)
 
 
+def flow_grpo_kl_std(std: torch.Tensor, sigma, sigma_next, method: str = "sde") -> torch.Tensor:
+    """The std Flow-GRPO's KL divides by, from a step's ``std``: s_σ = std / sqrt(σ − σ_next) for the SDE step
+    (its code uses the noise level without the sqrt(−dt) factor), the step's own std for CPS. With it
+    ``kl_to_reference`` is on the scale Flow-GRPO's β values (0.04, 0.01, 0.004) were tuned for."""
+    if method == "cps":
+        return std
+    return std / math.sqrt(float(sigma) - float(sigma_next))
+
+
 def grpo_loss(log_prob_new, log_prob_old, advantages, clip_range: float, kl: torch.Tensor | None = None,
               kl_beta: float = 0.0) -> torch.Tensor:
     """Policy loss plus β·mean(KL): the scalar one Edit-GRPO update minimises at one timestep."""

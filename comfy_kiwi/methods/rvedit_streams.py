@@ -6,14 +6,18 @@
   ``RVEDiTStreams.video_embedder`` (a Conv3d of the DiT's patch geometry, initialised as a copy of
   the DiT's ``patch_embedding`` so its tokens start in the DiT's own token space), average-pooled on
   the token grid by ``pool`` (default none) to bound their count.
-- **X_ℓ** (caption tokens): umT5 features of the *source* caption through the DiT's own
-  ``text_embedding`` (Wan's native text path, frozen).
+- **X_ℓ** (language tokens): umT5 features of the *instruction* through the DiT's own
+  ``text_embedding`` (Wan's native text path, frozen) — what the trainer feeds, so what inference
+  must feed too (Kiwi UMT5 Encode of the same instruction).
 
 Only blocks ≥ L_s (0-based; the paper's l > L_s) see [X_e; X_v; X_ℓ] (``rvedit.RoutedContext``);
 ``L_s`` defaults to half the depth. With ``L_s`` = depth the routing is off and the DiT is the base model.
 
 Weights file (safetensors): ``rvedit.video_embedder.patch_embedding.{weight,bias}``, metadata
-``rvedit_pool`` ("pt,ph,pw") and ``rvedit_split`` (L_s).
+``rvedit_pool`` ("pt,ph,pw") and ``rvedit_split`` (L_s); and the MLLM parts RVEDiT trains with the
+DiT, under the Kiwi training-checkpoint names: the connector (``mllm.connetor.*`` [sic]) and the
+language model's LoRA (``mllm.model.model.language_model.…lora_{A,B}.default.weight``, metadata
+``mllm_lora_alpha``) — ``trained_mllm`` applies them to the MLLM encoder that gives X_e.
 """
 
 from __future__ import annotations
@@ -134,6 +138,30 @@ def load_rvedit(path, dit, split: int | None = None) -> RVEDiTStreams:
     return out.eval().requires_grad_(False)
 
 
+def trained_mllm(encoder, path):
+    """A copy of ``encoder`` (the MLLM the run started from) with the run's trained connector copied in and its
+    LoRA merged, read from an RVEDiT weights file; ``encoder`` itself is not changed. A file without MLLM parts
+    (written before the MLLM trained with the DiT) gives ``encoder`` back unchanged."""
+    import copy
+
+    from ..loading.files import open_state_dict
+    from ..mllm.lora import merge_lora_tensors
+    from ..training.checkpoint_export import from_kiwi_training_keys
+    state = open_state_dict(Path(path))
+    keys = [k for k in state if k.startswith("mllm.")]
+    if not keys:
+        return encoder
+    parts = from_kiwi_training_keys({k: state[k] for k in keys})
+    try:
+        alpha = float(state.metadata["mllm_lora_alpha"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: MLLM LoRA tensors without a readable mllm_lora_alpha metadata entry.") from None
+    out = copy.deepcopy(encoder)
+    out.load_extras(parts["mllm"], source=str(path), strict=False)
+    merge_lora_tensors(out, parts["mllm_lora"], alpha=alpha, source=str(path))
+    return out.eval().requires_grad_(False)
+
+
 def routed_conditioning(dit, streams: RVEDiTStreams, cond, source_latents: torch.Tensor,
                         caption: torch.Tensor | None):
     """An ``EditConditioning`` that routes: X_e = ``cond.context`` (and its CFG negative), X_v from the
@@ -142,3 +170,19 @@ def routed_conditioning(dit, streams: RVEDiTStreams, cond, source_latents: torch
     with torch.no_grad():
         routing = streams.streams(dit, source_latents.to(dit.device), None if caption is None else caption.to(dit.device))
     return EditConditioning(cond.context, cond.negative, routing=routing)
+
+
+def sample(dit, streams: RVEDiTStreams, conditioning, source, language: torch.Tensor, settings, device=None):
+    """RVEDiT's sampler, the one entry point of the nodes and the trainer's evaluation, fed the streams training
+    used: X_e = ``conditioning.context`` (the MLLM with the run's connector + LoRA, ``trained_mllm``), X_v from
+    ``source.source_latents``, X_ℓ from ``language`` = the instruction's umT5 rows [1, L, text_dim]. A DiT without
+    a Kiwi source embedder gets the source only as X_v. Returns latents [1, C, f, h, w]."""
+    from ..pipeline import SourceConditioning, sample_edit
+    if source.source_latents is None:
+        raise InputError("RVEDiT needs the source latents (they size the run and give X_v).")
+    if language is None:
+        raise InputError("RVEDiT's deep blocks read X_ℓ = the instruction's umT5 rows, as in training; give them.")
+    cond = routed_conditioning(dit, streams, conditioning, source.source_latents, language)
+    if dit.source_embedder is None:
+        source = SourceConditioning(source.source_latents, feed_dit=False)
+    return sample_edit(dit, cond, source, settings, device=device)

@@ -6,8 +6,11 @@ Parts (all opt-in; a base DiT's keys and outputs are unchanged until they are at
   hidden width to the DiT width; the DiT reads its output directly (``context_embedding = "none"``).
 - ``source_mixer``: VIVA eq. 2 channel-concat source conditioning, attached to the DiT itself
   (``WanDiT.attach_channel_concat_source``; ``source_mode = "concat"``).
+- ``ref_embedder``: the reference image's VAE latents join the noisy tokens (VIVA Fig. 2) as extra
+  frame tokens after the video (the DiT's ``reference_latents`` path; a zero-initialised Conv3d patch
+  embedding, ``WanDiT.attach_condition_embedders(reference=True)``).
 
-Weights file (safetensors): ``refiner.*`` and ``source_mixer.*`` tensors, metadata ``viva_in_dim``,
+Weights file (safetensors): ``refiner.*``, ``source_mixer.*`` and ``ref_embedder.*`` tensors, metadata ``viva_in_dim``,
 ``viva_heads``, ``viva_depth`` so the refiner can be rebuilt without a config.
 
 Inference preset: CFG 2.0 on the instruction only (VIVA's default) — the negative is the
@@ -28,11 +31,12 @@ from .viva_refiner import TokenRefiner
 
 REFINER_PREFIX = "refiner."
 MIXER_PREFIX = "source_mixer."
+REF_PREFIX = "ref_embedder."
 VIVA_CFG = 2.0               # VIVA: classifier-free guidance 2.0 on the instruction only
 
 
 def attach_viva(dit, in_dim: int, num_heads: int | None = None, depth: int = 2,
-                concat_source: bool = True) -> TokenRefiner:
+                concat_source: bool = True, reference: bool = False) -> TokenRefiner:
     """Prepare ``dit`` for VIVA and return a fresh refiner (same device and dtype as the DiT).
 
     ``num_heads`` defaults to the DiT's head count (the refiner works at the DiT width)."""
@@ -44,6 +48,8 @@ def attach_viva(dit, in_dim: int, num_heads: int | None = None, depth: int = 2,
     dit.context_embedding = "none"           # the refined tokens are DiT-wide already
     if concat_source:
         dit.attach_channel_concat_source()
+    if reference:
+        dit.attach_condition_embedders(source=False, reference=True)
     return refiner
 
 
@@ -51,6 +57,8 @@ def viva_state_dict(dit, refiner: TokenRefiner) -> dict[str, torch.Tensor]:
     out = {REFINER_PREFIX + k: v for k, v in refiner.state_dict().items()}
     if dit.source_mixer is not None:
         out.update({MIXER_PREFIX + k: v for k, v in dit.source_mixer.state_dict().items()})
+    if dit.ref_embedder is not None:
+        out.update({REF_PREFIX + k: v for k, v in dit.ref_embedder.state_dict().items()})
     return out
 
 
@@ -71,9 +79,13 @@ def load_viva_state(dit, refiner: TokenRefiner, state: dict[str, torch.Tensor], 
     """Copy ``refiner.*`` / ``source_mixer.*`` tensors in (attaching the channel-concat embedder when present)."""
     if any(k.startswith(MIXER_PREFIX) for k in state):
         dit.attach_channel_concat_source()
+    if any(k.startswith(REF_PREFIX) for k in state):
+        dit.attach_condition_embedders(source=False, reference=True)
     targets = {REFINER_PREFIX: refiner.state_dict()}
     if dit.source_mixer is not None:
         targets[MIXER_PREFIX] = dit.source_mixer.state_dict()
+    if dit.ref_embedder is not None:
+        targets[REF_PREFIX] = dit.ref_embedder.state_dict()
     own = {p + k: v for p, sd in targets.items() for k, v in sd.items()}
     unknown = sorted(set(state) - set(own))
     missing = sorted(k for k in own if k.startswith(REFINER_PREFIX) and k not in state)
@@ -95,6 +107,7 @@ class VivaWeights:
 
     refiner: TokenRefiner
     mixer: torch.nn.Module | None        # ChannelConcatSourceEmbedder, or None (no source conditioning)
+    ref_embedder: torch.nn.Module | None = None   # reference latents → tokens beside the noisy ones (Fig. 2)
 
 
 def read_viva(path, dit) -> VivaWeights:
@@ -112,12 +125,16 @@ def read_viva(path, dit) -> VivaWeights:
     if c.dim % heads:
         raise CheckpointError(f"{path}: VIVA refiner with {heads} heads does not fit this DiT's width {c.dim}.")
     refiner = TokenRefiner(in_dim, c.dim, heads, depth).to(dit.device, dit.dtype)
-    mixer = None
+    mixer = ref = None
     if any(k.startswith(MIXER_PREFIX) for k in state):
         mixer = ChannelConcatSourceEmbedder(c.in_dim, c.dim, c.patch_size).to(dit.device, dit.dtype)
+    if any(k.startswith(REF_PREFIX) for k in state):
+        from ..models.conditioning import ConditionEmbedder
+        ref = ConditionEmbedder(c.in_dim, c.dim, c.patch_size).to(dit.device, dit.dtype)
     own = {REFINER_PREFIX + k: v for k, v in refiner.state_dict().items()}
-    if mixer is not None:
-        own.update({MIXER_PREFIX + k: v for k, v in mixer.state_dict().items()})
+    for prefix, part in ((MIXER_PREFIX, mixer), (REF_PREFIX, ref)):
+        if part is not None:
+            own.update({prefix + k: v for k, v in part.state_dict().items()})
     unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
     if unknown or missing:
         raise CheckpointError(f"{path}: not VIVA weights for this DiT (unexpected {unknown[:4]}, missing "
@@ -128,8 +145,7 @@ def read_viva(path, dit) -> VivaWeights:
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(state[k].to(v.dtype))
-    return VivaWeights(refiner.eval().requires_grad_(False),
-                       None if mixer is None else mixer.eval().requires_grad_(False))
+    return VivaWeights(*(None if m is None else m.eval().requires_grad_(False) for m in (refiner, mixer, ref)))
 
 
 def load_viva(path, dit) -> TokenRefiner:
@@ -138,20 +154,25 @@ def load_viva(path, dit) -> TokenRefiner:
     dit.context_embedding = "none"
     if w.mixer is not None:
         dit.source_mixer, dit.source_mode = w.mixer, "concat"
+    if w.ref_embedder is not None:
+        dit.ref_embedder = w.ref_embedder
     return w.refiner
 
 
 @contextlib.contextmanager
 def applied(dit, weights: VivaWeights):
-    """``dit`` with VIVA's channel-concat source and DiT-wide context for the block; restored after."""
-    saved = (dit.source_mixer, dit.source_mode, dit.context_embedding)
+    """``dit`` with VIVA's channel-concat source, reference embedder and DiT-wide context for the block;
+    restored after."""
+    saved = (dit.source_mixer, dit.source_mode, dit.context_embedding, dit.ref_embedder)
     try:
         dit.context_embedding = "none"
         if weights.mixer is not None:
             dit.source_mixer, dit.source_mode = weights.mixer.to(dit.device, dit.dtype), "concat"
+        if weights.ref_embedder is not None:
+            dit.ref_embedder = weights.ref_embedder.to(dit.device, dit.dtype)
         yield dit
     finally:
-        dit.source_mixer, dit.source_mode, dit.context_embedding = saved
+        dit.source_mixer, dit.source_mode, dit.context_embedding, dit.ref_embedder = saved
 
 
 def encode(encoder, weights: VivaWeights, instruction: str, frames, reference=None, with_negative: bool = True,
@@ -176,6 +197,22 @@ def encode(encoder, weights: VivaWeights, instruction: str, frames, reference=No
 def refined_context(refiner: TokenRefiner, hidden: torch.Tensor, mask: torch.Tensor | None, t) -> torch.Tensor:
     """The DiT context at timestep ``t`` (= 1000σ): the refiner runs at every sampling step."""
     return refiner.refine(hidden, t, mask)
+
+
+def sample(dit, weights: VivaWeights, conditioning, source, settings, device=None) -> torch.Tensor:
+    """VIVA's sampler, the one entry point of the nodes and the trainer's evaluation: ``weights`` hooked into
+    ``dit`` for the run (``applied``), the refiner turning the instructor's hidden states into the context at every
+    step, CFG on the instruction only (``settings.cfg``; VIVA: 2.0, ``viva_settings``), the source by channel
+    concatenation and the reference latents as tokens beside the noisy ones. Returns latents [1, C, f, h, w]."""
+    from ..pipeline import sample_edit
+    if getattr(conditioning, "refiner", None) is not weights.refiner:
+        raise InputError("the conditioning was encoded with other VIVA weights than the ones given here (its refiner "
+                         "differs); encode and sample with the same weights (one Kiwi VIVA Loader for both nodes).")
+    if source.reference_latents is not None and weights.ref_embedder is None:
+        raise InputError("these VIVA weights have no reference embedder (trained without reference images); "
+                         "sample without reference latents.")
+    with applied(dit, weights):
+        return sample_edit(dit, conditioning, source, settings, device=device)
 
 
 def viva_settings(**overrides):

@@ -4,10 +4,12 @@ Formats (CSV with a header, or JSONL with one object per line; relative paths ar
 a dataset's ``base_path``):
 
 - ``image_pairs``: ``source_image, edited_image, edited_prompt[, source_prompt]`` (one-frame videos)
-- ``kiwi``: ``src_video, tgt_video, prompt[, ref_image]`` (the Kiwi-Edit CSV; images are 1-frame videos)
+- ``kiwi``: ``src_video, tgt_video, prompt[, ref_image][, source_caption]`` (the Kiwi-Edit CSV; images are
+  1-frame videos); ``source_caption`` describes the source video (``Record.source_prompt``)
 
 Both formats accept two optional columns: ``mask`` (an image or video, white = edited region, e.g. VIVA's
-masked loss) and ``target_caption`` (a caption of the edited result, e.g. RVEDiT's alignment pass).
+masked loss) and ``target_caption`` (a description of the edited result, e.g. RVEDiT's alignment pass and
+Edit-GRPO's R_IF / PickScore, which also need the source description).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ COLUMNS = {
     "image_pairs": {"source": "source_image", "target": "edited_image", "prompt": "edited_prompt",
                     "source_prompt": "source_prompt", "mask": "mask", "target_caption": "target_caption"},
     "kiwi": {"source": "src_video", "target": "tgt_video", "prompt": "prompt", "reference": "ref_image",
-             "mask": "mask", "target_caption": "target_caption"},
+             "source_prompt": "source_caption", "mask": "mask", "target_caption": "target_caption"},
 }
 REQUIRED = ("source", "target", "prompt")
 PATH_FIELDS = ("source", "target", "reference", "mask")

@@ -33,6 +33,7 @@ Hooks a method may override (every default keeps the ImVideoEdit behaviour):
   ``<method>.safetensors`` = ``trainable_state_dict``).
 - ``draws(batch, generator)``: the random draws of a batch (noise level, noise, …); the loop calls it once per
   sample (a batch of one) through ``sample_draws`` and concatenates the per-sample tensors.
+- ``step_metrics(module) -> dict``: extra numbers logged with each step's loss (metrics.jsonl).
 
 ``self.device`` is the training device (set by the loop before caching, so ``cache_item`` encoders can use it).
 """
@@ -128,6 +129,10 @@ class TrainingMethod:
 
     def load_trainable_state_dict(self, module: TrainModule, state: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
+
+    def step_metrics(self, module: TrainModule) -> dict:
+        """Extra numbers for this optimiser step's metrics.jsonl line (e.g. Edit-GRPO's reward means)."""
+        return {}
 
     # --- randomness ---------------------------------------------------------------------------------------
     def draws(self, batch: dict, generator: torch.Generator) -> dict:

@@ -21,10 +21,16 @@ def load_dit_entries(dit, state: dict) -> None:
                 sd[k].copy_(v.to(sd[k].dtype))
 
 
-def save_dit(path: Path, dit) -> Path:
+def save_dit(path: Path, dit, exclude: tuple[str, ...] = ()) -> Path:
     """The fine-tuned DiT as one safetensors file; num_heads goes in the metadata because the loader cannot
-    infer it from the weight shapes."""
+    infer it from the weight shapes. Keys starting with an ``exclude`` prefix are left out (parts saved elsewhere)."""
     from safetensors.torch import save_file
-    save_file({k: v.detach().cpu().contiguous() for k, v in dit.state_dict().items()}, str(path),
+    state = {k: v.detach().cpu().contiguous() for k, v in dit.state_dict().items()
+             if not (exclude and k.startswith(exclude))}
+    if any(k.startswith(("source_embedder.", "ref_embedder.")) for k in state):
+        # a Kiwi DiT (e.g. RVEDiT on a release): Kiwi training-checkpoint names, which the DiT loader reads
+        from comfy_kiwi.training.checkpoint_export import to_kiwi_training_keys
+        state = to_kiwi_training_keys({"dit": state})
+    save_file(state, str(path),
               metadata={"format": "pt", "num_heads": str(dit.config.num_heads)})
     return path

@@ -56,26 +56,48 @@ class EditGRPOOptions:
     w_ps: float = 1.0
     shift: float = 5.0
     reward_max_frames: int = 8         # frames per video the CLIP rewards read
+    reference_tokens: bool = True      # reference latents reach the policy when the VIVA weights have them
 
     def grpo(self) -> fg.EditGRPOConfig:
         return fg.EditGRPOConfig(**{k: v for k, v in vars(self).items() if k in _GRPO_FIELDS})
 
 
 class ClipReward:
-    """VIVA's reward from the judging functions: w_IF·R_IF + w_SP·R_SP + w_PS·R_PS, one number per rollout."""
+    """VIVA's rewards from the judging functions, one number per rollout and term (Eqs. 4–7):
+
+    R_IF = C(V, t_edited) − C(V, t_source) (CLIP; the edited- and source-video descriptions),
+    R_SP = C(V_src, V) (CLIP image features), R_PS = PickScore(V, t_edited) / exp(logit_scale), i.e. the
+    PickScore model's cosine: its logit scale (≈100) would otherwise swamp the two CLIP cosines in the group
+    advantage. All three are cosines or a difference of cosines, so w_IF = w_SP = w_PS = 1 weighs them alike.
+    ``__call__`` returns {"R_IF", "R_SP", "R_PS", "reward"} ([G] each; "reward" = the weighted sum)."""
 
     def __init__(self, clip, pickscore, config: fg.EditGRPOConfig, max_frames: int):
         from comfy_kiwi.judging.rewards import ClipRewards, RewardSettings
         weights = {"instruction_following": 1.0, "source_preservation": 1.0,
                    "pickscore": 1.0 if pickscore is not None else 0.0}
         self.rewards = ClipRewards(clip, pickscore, RewardSettings(max_frames=max_frames), weights)
+        self.pickscore_scale = 1.0 / pickscore.logit_scale if pickscore is not None else 0.0
         self.config = config
 
-    def __call__(self, source_frames, edited_frames, instruction: str, source_caption: str) -> torch.Tensor:
-        out = self.rewards.compute(source_frames, edited_frames, instruction, source_caption)
-        zero = torch.zeros_like(out["source_preservation"])
-        return fg.combined_reward(out["instruction_following"], out["source_preservation"],
-                                  out.get("pickscore", zero), self.config)
+    def __call__(self, source_frames, edited_frames, edited_caption: str, source_caption: str) -> dict:
+        out = self.rewards.compute(source_frames, edited_frames, edited_caption, source_caption)
+        terms = {"R_IF": out["instruction_following"], "R_SP": out["source_preservation"],
+                 "R_PS": out.get("pickscore", torch.zeros_like(out["source_preservation"])) * self.pickscore_scale}
+        terms = {k: torch.as_tensor(v, dtype=torch.float32).reshape(-1) for k, v in terms.items()}
+        return {**terms, "reward": fg.combined_reward(terms["R_IF"], terms["R_SP"], terms["R_PS"], self.config)}
+
+
+def check_captions(records, path, fmt: str) -> None:
+    """Edit-GRPO's R_IF needs both descriptions of every item: a clear error naming the columns otherwise."""
+    from ..data.datasets import COLUMNS
+    cols = COLUMNS[fmt]
+    for n, r in enumerate(records, 1):
+        missing = [cols[k] for k in ("target_caption", "source_prompt") if not getattr(r, k)]
+        if missing:
+            raise InputError(f"{path} row {n}: edit-grpo needs the edited-video description ({cols['target_caption']}) "
+                             f"and the source-video description ({cols['source_prompt']}) of every item for "
+                             f"R_IF = C(V, edited) − C(V, source) and PickScore(V, edited); missing "
+                             f"{', '.join(missing)}.")
 
 
 class EditGRPOModule(TrainModule):
@@ -84,7 +106,9 @@ class EditGRPOModule(TrainModule):
         self.dit, self.refiner, self.adapter = dit, refiner, adapter
         self._frozen = [vae, reward]          # outside the module's parameters and state
         self.config = config
-        self.last_rewards: torch.Tensor | None = None     # [B, G] of the latest micro-step (logs, tests)
+        self.last_rewards: torch.Tensor | None = None     # [B, G] of the latest micro-step (tests)
+        self.last_videos: torch.Tensor | None = None      # decoded rollouts of the latest group (tests)
+        self.logged: list[dict] = []                      # per-group reward means since the last step_metrics
 
     @property
     def vae(self):
@@ -94,16 +118,17 @@ class EditGRPOModule(TrainModule):
     def reward(self):
         return self._frozen[1]
 
-    def velocity_fn(self, hidden, mask, source):
+    def velocity_fn(self, hidden, mask, source, reference=None):
         """v(x, σ) of the VIVA policy for a group: the refiner runs at the step's t, then the DiT."""
         dtype = self.dit.dtype
+        ref = None if reference is None or self.dit.ref_embedder is None else reference.to(dtype)
 
         def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
             g = x.shape[0]
             t = torch.full((g,), 1000.0 * sigma, device=x.device)
             ctx = self.refiner.refine(hidden.expand(g, -1, -1), t, mask.expand(g, -1))
             src = None if self.dit.source_mixer is None else source.expand(g, -1, -1, -1, -1).to(dtype)
-            return self.dit(x.to(dtype), t, ctx.to(dtype), source_latents=src)
+            return self.dit(x.to(dtype), t, ctx.to(dtype), source_latents=src, reference_latents=ref)
         return velocity
 
     def frames(self, latents: torch.Tensor) -> torch.Tensor:
@@ -117,22 +142,30 @@ class EditGRPOModule(TrainModule):
     def forward(self, batch: dict, draws: dict) -> torch.Tensor:
         cfg, n = self.config, batch["source"].shape[0]
         gen = torch.Generator().manual_seed(int(draws["rollout_seed"]))
-        total, rewards = 0.0, []
+        total, rewards, ref = 0.0, [], batch.get("reference_latents")
         for i in range(n):
             velocity = self.velocity_fn(batch["vlm_hidden"][i:i + 1], batch["vlm_mask"][i:i + 1],
-                                        batch["source"][i:i + 1])
+                                        batch["source"][i:i + 1], None if ref is None else ref[i:i + 1])
             noise = draws["noise"][i].to(batch["source"].device)                      # [G, C, f, h, w]
             r = eg.rollout(velocity, noise, cfg, gen)
             src_frames = self.frames(batch["source"][i:i + 1])[0]
-            caption = (batch.get("source_prompt") or [""] * n)[i] or "a video"
-            reward = torch.as_tensor(self.reward(src_frames, self.frames(r.final), batch["prompt"][i], caption),
-                                     dtype=torch.float32).reshape(-1)
-            rewards.append(reward)
-            adv = fg.group_advantages(reward, cfg.adv_clip, global_std=cfg.global_std)
+            self.last_videos = self.frames(r.final)                                   # [G, F, H, W, 3]
+            terms = self.reward(src_frames, self.last_videos, batch["target_caption"][i], batch["source_prompt"][i])
+            rewards.append(terms["reward"])
+            adv = fg.group_advantages(terms["reward"], cfg.adv_clip, global_std=cfg.global_std)
             steps = eg.trainable_steps(r, cfg, torch.Generator().manual_seed(int(draws["steps_seed"]) + i))
-            total = total + eg.policy_loss(velocity, r, adv, steps, cfg, self.adapter).loss
+            policy = eg.policy_loss(velocity, r, adv, steps, cfg, self.adapter)
+            total = total + policy.loss
+            # per-group means of each reward term (and the policy's KL / ratio), averaged over the step's groups
+            self.logged.append({**{f"reward/{k}": float(v.mean()) for k, v in terms.items()},
+                                "kl": float(policy.kl), "ratio": float(policy.ratio)})
         self.last_rewards = torch.stack(rewards)
         return total / n
+
+    def step_metrics(self) -> dict:
+        """The means over this optimiser step's groups of what ``forward`` logged; cleared after reading."""
+        logged, self.logged = self.logged, []
+        return {k: sum(d[k] for d in logged) / len(logged) for k in logged[0]} if logged else {}
 
 
 class EditGRPOMethod(VivaMethod):
@@ -141,6 +174,12 @@ class EditGRPOMethod(VivaMethod):
     name = "edit-grpo"
     Options = EditGRPOOptions
     find_unused_parameters = True      # LoRA pairs of steps' blocks always run; kept for safety under DDP
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from ..data.datasets import read_records
+        for spec in cfg.dataset_specs():
+            check_captions(read_records(spec.dataset, spec.format, spec.base_path), spec.dataset, spec.format)
 
     @classmethod
     def parse_options(cls, table):
@@ -176,11 +215,11 @@ class EditGRPOMethod(VivaMethod):
     def build(self, models: dict) -> EditGRPOModule:
         from comfy_kiwi.training.dit_lora_train import DiTLoraAdapter
         o, dit = self.options, models["dit"]
-        dit.requires_grad_(False)
         if o.viva_weights:
             refiner = viva.load_viva(o.viva_weights, dit)
         else:
             refiner = viva.attach_viva(dit, models["in_dim"])
+        dit.requires_grad_(False)            # after attaching: the channel-concat mixer is frozen too (no grads)
         refiner.requires_grad_(False).eval()
         cfg = o.grpo()
         adapter = DiTLoraAdapter(dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets,
@@ -191,6 +230,9 @@ class EditGRPOMethod(VivaMethod):
 
     def trainable_parameters(self, module):
         return list(module.adapter.parameters())
+
+    def step_metrics(self, module) -> dict:
+        return module.step_metrics()
 
     def trainable_state_dict(self, module) -> dict[str, torch.Tensor]:
         return module.adapter.lora_state_dict()
@@ -206,7 +248,6 @@ class EditGRPOMethod(VivaMethod):
 
     @torch.no_grad()
     def sample(self, module, batch, steps, shift, seed):
-        from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning, sample_edit
-        cond = EditConditioning(batch["vlm_hidden"][:1], refiner=module.refiner, context_mask=batch["vlm_mask"][:1])
-        return sample_edit(module.dit, cond, SourceConditioning(batch["source"][:1]),
-                           EditSettings(steps=steps, shift=shift, seed=seed, progress=False))
+        """VIVA's inference preset (CFG 2.0 on the instruction only) with the trained LoRA in place."""
+        from .viva import viva_sample
+        return viva_sample(module.dit, module.refiner, batch, steps, shift, seed, module.dit.source_mixer is not None)
