@@ -90,9 +90,8 @@ class StepCache:
 
     # --- called from the DiT's forward ------------------------------------------------------------------
     def run_blocks(self, x: torch.Tensor, proxy: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]):
-        """Blocks' output for tokens ``x`` [B, L, dim]: ``run(x)``, or x + the cached residual."""
-        if torch.is_grad_enabled():
-            return run(x)
+        """Blocks' output for tokens ``x`` [B, L, dim]: ``run(x)``, or x + the cached residual.
+        Called by ``WanDiT.run_blocks`` only without autograd."""
         branch_index, self._calls = self._calls, self._calls + 1
         b = self._branches.setdefault(branch_index, _Branch())
         proxy = proxy.float()
