@@ -204,3 +204,39 @@ def test_bad_threshold_is_a_clear_error(bad):
     dit, cond, source = kiwi_setup()
     with pytest.raises(InputError, match="step cache threshold must be a number ≥ 0"):
         sample_edit(dit, cond, source, settings(step_cache=bad))
+
+
+def test_edit_flag_reaches_the_sampler(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from comfy_kiwi.cli import main
+    from comfy_kiwi.testing.tiny_release import tiny_video_frames, write_tiny_kiwi_release
+    from comfy_kiwi.video_io import write_video
+    release = write_tiny_kiwi_release(tmp_path / "release")
+    video = tmp_path / "source.mp4"
+    write_video(video, tiny_video_frames(5, 72, 88), fps=8)
+    base = ["edit", "--model", str(release), "--video", str(video), "--instruction", "make it red", "--steps", "6"]
+
+    def latents(*extra):
+        path = tmp_path / f"lat{len(list(tmp_path.glob('lat*')))}.safetensors"
+        assert main([*base, "--out", str(tmp_path / "o.mp4"), "--save-latents", str(path), *extra]) == 0
+        return load_file(str(path))["latents"]
+    plain = latents()
+    assert torch.equal(latents("--step-cache", "0"), plain)
+    assert not torch.equal(latents("--step-cache", "1e9"), plain)      # steps 2..4 reused the residual
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "o.mp4"), "--step-cache", "-1"]) == 2
+    assert "--step-cache" in capsys.readouterr().err
+
+
+def test_plan_counts_the_cache_memory_and_the_forwards():
+    from comfy_kiwi.memory.planner import format_plan, plan
+    from comfy_kiwi.models.wan_config import preset
+    off = plan("wan2.2-ti2v-5b", 1280, 704, 81, 48, cfg=True)
+    on = plan("wan2.2-ti2v-5b", 1280, 704, 81, 48, cfg=True, steps=30, step_cache=0.05)
+    dim = preset("wan2.2-ti2v-5b").dim
+    assert on.stages[2].peak - off.stages[2].peak == 2 * 2 * on.tokens * dim * 2     # residual + proxy, batch 2
+    assert "30 DiT forwards" in format_plan(on) and "3 to 30" in format_plan(on)
+    assert "step cache off" in format_plan(off)
+    with pytest.raises(InputError, match="step cache threshold"):
+        plan("wan2.2-ti2v-5b", 1280, 704, 81, 48, step_cache=-1)

@@ -46,7 +46,6 @@ class _Branch:
     residual: torch.Tensor | None = None       # residual of the last computed call
     drift: float = 0.0                         # summed proxy change since the last computed call
     rate: float | None = None                  # residual change per unit proxy change
-    estimate: float = 0.0                      # k·drift: the residual's estimated relative change
 
 
 @dataclass
@@ -94,7 +93,6 @@ class StepCache:
         Called by ``WanDiT.run_blocks`` only without autograd."""
         branch_index, self._calls = self._calls, self._calls + 1
         b = self._branches.setdefault(branch_index, _Branch())
-        proxy = proxy.float()
         if b.proxy is not None and b.proxy.shape != proxy.shape:
             b = self._branches[branch_index] = _Branch()       # another shape: a new run on the same cache
         step_change = None if b.proxy is None else _relative_l1(proxy, b.proxy)
@@ -105,7 +103,6 @@ class StepCache:
             estimate = b.rate * (b.drift + step_change)
         if interior and estimate is not None and estimate < self.threshold:
             b.drift += step_change
-            b.estimate = estimate
             self.records.append(StepRecord(self._step, branch_index, estimate, True))
             return (x.float() + b.residual.float()).to(x.dtype)
         out = run(x)
@@ -113,13 +110,14 @@ class StepCache:
         if b.residual is not None and step_change is not None:
             total = b.drift + step_change
             if total > 0:
-                b.rate = _relative_l1(residual.float(), b.residual.float()) / total
-        b.residual, b.drift, b.estimate = residual, 0.0, 0.0
+                b.rate = _relative_l1(residual, b.residual) / total
+        b.residual, b.drift = residual, 0.0
         self.records.append(StepRecord(self._step, branch_index, estimate, False))
         return out
 
 
 def _relative_l1(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
     return float((a - b).abs().mean() / b.abs().mean().clamp_min(1e-12))
 
 
