@@ -160,9 +160,15 @@ def _panel(d, box, pts, yrange, title, colour, frame=True, guides=None):
     xy = [(sx(s), sy(min(max(v, lo), hi))) for s, v, _ in pts]
     if len(xy) > 1:
         d.line(xy, fill=colour, width=2)
+    groups = []                       # thresholds landing on the same point share one label "a-b"
     for (x, y), (_, _, th) in zip(xy, pts):
+        if groups and abs(groups[-1][0] - x) < 2 and abs(groups[-1][1] - y) < 2:
+            groups[-1][3] = th
+        else:
+            groups.append([x, y, th, th])
+    for x, y, first, last in groups:
         d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        d.text((x + 4, y - 14), f"{th:g}", fill=colour)
+        d.text((x + 4, y - 14), f"{first:g}" if first == last else f"{first:g}-{last:g}", fill=colour)
 
 
 def main(argv=None) -> int:
