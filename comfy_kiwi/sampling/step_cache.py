@@ -37,8 +37,6 @@ import torch
 
 from ..errors import InputError
 
-RunBlocks = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
-
 
 @dataclass
 class _Branch:
@@ -82,10 +80,6 @@ class StepCache:
     @property
     def skipped(self) -> int:
         return sum(r.skipped for r in self.records)
-
-    @property
-    def saved_fraction(self) -> float:
-        return self.skipped / self.forwards if self.records else 0.0
 
     # --- called from the DiT's forward ------------------------------------------------------------------
     def run_blocks(self, x: torch.Tensor, proxy: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]):
