@@ -117,7 +117,7 @@ def _relative_l1(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def check_threshold(threshold) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-        raise InputError(f"step cache threshold must be a number ≥ 0 (0 = off; e.g. 0.05 mild, 0.2 aggressive), "
+        raise InputError(f"step cache threshold must be a number ≥ 0 (0 = off; e.g. 0.04 mild, 0.2 aggressive), "
                          f"got {threshold!r}.")
     return float(threshold)
 
