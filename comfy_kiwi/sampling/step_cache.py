@@ -30,12 +30,15 @@ skipped step. With autograd recording the cache steps aside: it is an inference-
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -138,3 +141,4 @@ def step_cache(dit, threshold: float) -> Iterator[StepCache | None]:
         yield cache
     finally:
         dit.step_cache = None
+        log.info("step cache %g: skipped the DiT blocks in %d of %d calls", threshold, cache.skipped, cache.forwards)
