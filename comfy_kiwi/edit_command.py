@@ -50,7 +50,8 @@ def add_edit_parser(sub) -> None:
                    help="DiT blocks kept in CPU RAM and moved to the GPU one at a time (less VRAM, slower); "
                         "see `python -m comfy_kiwi plan` for a value that fits your card")
     p.add_argument("--step-cache", type=float, default=d.step_cache, metavar="THRESHOLD",
-                   help="skip the DiT blocks at steps that change little (0 = off, exact; 0.04 mild, 0.1 fast, 0.2 aggressive)")
+                   help="skip the DiT blocks at steps that change little "
+                        "(0 = off, exact; 0.04 mild, 0.1 fast, 0.2 aggressive)")
     p.add_argument("--window", type=int, default=None,
                    help="long videos (InstructX): edit in windows of this many frames (4k+1), each window "
                         "starting from the previous window's last edited frame; use with --frames 0 for all frames")

@@ -104,7 +104,8 @@ def step_cache_input() -> dict:
     return {"step_cache": ("FLOAT", tip(
         "Skip the DiT blocks at steps where they would change little, reusing their last result; decided "
         "while sampling. 0 = off (exact). Higher = faster, less faithful. On the toy model 0.04 skipped 42% of "
-        "the forwards for -1.6% of the judge's score (docs/PERFORMANCE.md).", default=0.0, min=0.0, max=1.0, step=0.01))}
+        "the forwards for -1.6% of the judge's score (docs/PERFORMANCE.md).",
+        default=0.0, min=0.0, max=1.0, step=0.01))}
 
 
 def seed_steps_shift_inputs(seed_tip: str = "Seed of the starting noise (drawn on the CPU).",
