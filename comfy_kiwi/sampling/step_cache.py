@@ -62,8 +62,8 @@ class StepCache:
     """State of one sampling run; attach with :func:`step_cache`, drive with :meth:`begin_step`."""
 
     threshold: float
-    records: list[StepRecord] = field(default_factory=list)
-    _branches: dict[int, _Branch] = field(default_factory=dict)
+    records: list[StepRecord] = field(default_factory=list, repr=False)
+    _branches: dict[int, _Branch] = field(default_factory=dict, repr=False)
     _step: int = -1
     _steps: int = 0
     _calls: int = 0
