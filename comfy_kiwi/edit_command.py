@@ -49,6 +49,9 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--block-swap", type=int, default=0,
                    help="DiT blocks kept in CPU RAM and moved to the GPU one at a time (less VRAM, slower); "
                         "see `python -m comfy_kiwi plan` for a value that fits your card")
+    p.add_argument("--step-cache", type=float, default=d.step_cache, metavar="THRESHOLD",
+                   help="skip the DiT blocks at steps that change little "
+                        "(0 = off, exact; 0.04 mild, 0.1 fast, 0.2 aggressive)")
     p.add_argument("--window", type=int, default=None,
                    help="long videos (InstructX): edit in windows of this many frames (4k+1), each window "
                         "starting from the previous window's last edited frame; use with --frames 0 for all frames")
@@ -89,12 +92,15 @@ def run_edit(args) -> int:
                          "--save-latents (there is no single latent tensor).")
     if args.block_swap < 0:
         raise InputError(f"--block-swap must be ≥ 0, got {args.block_swap}.")
+    if not args.step_cache >= 0:
+        raise InputError(f"--step-cache must be a threshold ≥ 0 (0 = off), got {args.step_cache}.")
     max_frames = args.frames or None
     frames, fps = read_video(args.video, max_frames=max_frames)
     refs = [load_image(r) for r in args.reference] if args.reference else None
     settings = EditSettings(steps=args.steps, shift=args.shift, schedule=args.schedule, cfg=args.cfg,
                             seed=args.seed, denoise=args.denoise, max_pixels=args.max_pixels,
-                            num_frames=max_frames, vae_tiled=args.tiled_vae, block_swap=args.block_swap)
+                            num_frames=max_frames, vae_tiled=args.tiled_vae, block_swap=args.block_swap,
+                            step_cache=args.step_cache)
     from .toy import cli_hooks as toy
     if args.imvideoedit and args.model is None:
         raise InputError("--imvideoedit needs --model: the Wan2.1 T2V DiT the ImVideoEdit weights were trained on.")

@@ -17,6 +17,7 @@ from . import comfy_adapter
 from .errors import CheckpointError, InputError
 from .frames import frames_to_vae, pad_reference, prepare_frames, vae_to_frames
 from .sampling import flow_sigmas, noise_like, sample_euler, start_latents
+from .sampling.step_cache import step_cache
 
 
 @dataclass
@@ -35,6 +36,7 @@ class EditSettings:
     vae_tiled: bool = False
     kv_cache: bool = True           # cross-attention K/V of the context computed once per run (exact)
     block_swap: int = 0             # DiT blocks kept in CPU RAM, brought to the compute device one at a time
+    step_cache: float = 0.0         # > 0: skip the DiT blocks at steps that change little (sampling/step_cache.py)
     progress: bool = True
 
     def replace(self, **kw) -> "EditSettings":
@@ -143,8 +145,8 @@ def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, setting
     swap = block_swap(dit, settings.block_swap, compute_device=device) if settings.block_swap else nullcontext()
     # RVEDiT routing: each block's context is fixed for the whole run, so the K/V cache stays exact
     routed = cond.routing.routed(dit, ctx) if cond.routing is not None else nullcontext()
-    with swap, routed, kv_cache(dit, enabled=settings.kv_cache):
-        return sample_euler(velocity, x, sigmas, progress=settings.progress)
+    with swap, routed, kv_cache(dit, enabled=settings.kv_cache), step_cache(dit, settings.step_cache) as cache:
+        return sample_euler(velocity, x, sigmas, progress=settings.progress, step_cache=cache)
 
 
 def _sample_refined(dit, cond: EditConditioning, source: SourceConditioning, settings: EditSettings,
@@ -181,8 +183,8 @@ def _sample_refined(dit, cond: EditConditioning, source: SourceConditioning, set
 
     from .memory import block_swap
     swap = block_swap(dit, settings.block_swap, compute_device=device) if settings.block_swap else nullcontext()
-    with swap:
-        return sample_euler(velocity, x, sigmas, progress=settings.progress)
+    with swap, step_cache(dit, settings.step_cache) as cache:   # one cache state per CFG call: per branch
+        return sample_euler(velocity, x, sigmas, progress=settings.progress, step_cache=cache)
 
 
 class EditPipeline:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .common import (DEVICES, DTYPE_TIP, DTYPES, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, files_fingerprint,
                      kiwi, tip, torch_dtype)
+from .common import step_cache_input
 
 KIWI_IMVIDEOEDIT = "KIWI_IMVIDEOEDIT"
 KIWI_UMT5 = "KIWI_UMT5"
@@ -212,9 +213,9 @@ class KiwiImVideoEditSampler:
                                    default=5.0, min=0.01, max=100.0, step=0.01)),
             "schedule": (["kiwi", "diffusers"], tip("Last noise level: kiwi goes down to 0 (as the trainer's samples), "
                                                     "diffusers stops at 0.003.", default="kiwi")),
-        }}
+        }, "optional": step_cache_input()}
 
-    def sample(self, imvideoedit, conditioning, source, seed, steps, shift, schedule):
+    def sample(self, imvideoedit, conditioning, source, seed, steps, shift, schedule, step_cache=0.0):
         errors, pipeline, placement = kiwi("errors"), kiwi("pipeline"), kiwi("placement")
         if source.source_latents is None:
             raise errors.InputError("the source has no latents; connect Kiwi Encode Source.")
@@ -222,7 +223,7 @@ class KiwiImVideoEditSampler:
             raise errors.InputError("ImVideoEdit does not take a reference image; disconnect the reference from "
                                     "Kiwi Encode Source and describe the edit in the caption.")
         settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), schedule=schedule, seed=int(seed),
-                                         progress=True)
+                                         progress=True, step_cache=float(step_cache))
         dit = imvideoedit.dit
         with placement.on_device(dit.model):          # LoRAs of the DiT handle go on after the modules attach
             latents = kiwi("methods.imvideoedit_pipeline").sample_imvideoedit(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from .common import (KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_MLLM, KIWI_SOURCE, files_fingerprint, kiwi,
                      resolve_weights, seed_steps_shift_inputs, tip)
+from .common import step_cache_input
 from .imvideoedit import KIWI_UMT5_CONDITIONING
 
 KIWI_RVEDIT = "KIWI_RVEDIT"
@@ -89,9 +90,9 @@ class KiwiRVEDiTSampler:
             "instruction_text": (KIWI_UMT5_CONDITIONING, tip(
                 "X_ℓ: the umT5 rows of the same instruction given to Kiwi MLLM Encode (Kiwi UMT5 Encode, text_len "
                 "as trained, 512), exactly what the trainer feeds the deep blocks.")),
-        }}
+        }, "optional": step_cache_input()}
 
-    def sample(self, dit, rvedit, conditioning, source, seed, steps, shift, cfg, instruction_text):
+    def sample(self, dit, rvedit, conditioning, source, seed, steps, shift, cfg, instruction_text, step_cache=0.0):
         errors, pipeline, placement = kiwi("errors"), kiwi("pipeline"), kiwi("placement")
         model, c = dit.model, dit.model.config
         if source.source_latents is None:
@@ -106,7 +107,7 @@ class KiwiRVEDiTSampler:
             raise errors.InputError(f"cfg is {float(cfg):g} but the conditioning has no negative: turn on "
                                     "encode_negative in Kiwi MLLM Encode, or set cfg to 1.0.")
         settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), seed=int(seed), cfg=float(cfg),
-                                         progress=True)
+                                         progress=True, step_cache=float(step_cache))
         device = kiwi("comfy_adapter").compute_device()
         with placement.on_device(model, device), dit.applied():
             rvedit.to(device)

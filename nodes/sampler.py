@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .common import (CATEGORY_SAMPLING, KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, kiwi,
                      seed_steps_shift_inputs, tip)
+from .common import step_cache_input
 
 
 def check_compatible(dit, cond, source, cfg: float) -> None:
@@ -72,15 +73,18 @@ class KiwiSampler:
                                       "slower. 0 = off; -1 = auto (the memory planner picks the count for the free "
                                       "VRAM; off on CPU). `python -m comfy_kiwi plan` shows the arithmetic.",
                                       default=-1, min=-1, max=64)),
+            **step_cache_input(),
         }}
 
-    def sample(self, dit, conditioning, source, seed, steps, shift, cfg, denoise, schedule, block_swap=-1):
+    def sample(self, dit, conditioning, source, seed, steps, shift, cfg, denoise, schedule, block_swap=-1,
+               step_cache=0.0):
         check_compatible(dit, conditioning, source, float(cfg))
         pipeline, placement = kiwi("pipeline"), kiwi("placement")
         device = kiwi("comfy_adapter").compute_device()
         n = self.swap_count(dit, source, device, int(block_swap), float(cfg) != 1.0)
         settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), schedule=schedule, cfg=float(cfg),
-                                         seed=int(seed), denoise=float(denoise), progress=True, block_swap=n)
+                                         seed=int(seed), denoise=float(denoise), progress=True, block_swap=n,
+                                         step_cache=float(step_cache))
         if n == 0:
             with placement.on_device(dit.model, device), dit.applied():
                 latents = pipeline.sample_edit(dit.model, conditioning, source, settings, device=device)

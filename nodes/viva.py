@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .common import (KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_MLLM, KIWI_SOURCE, as_frames,
                      files_fingerprint, kiwi, resolve_weights, seed_steps_shift_inputs, single_image, tip)
+from .common import step_cache_input
 
 KIWI_VIVA = "KIWI_VIVA"
 CATEGORY_VIVA = "Kiwi Edit/VIVA"
@@ -107,9 +108,9 @@ class KiwiVIVASampler:
             **seed_steps_shift_inputs(),
             "cfg": ("FLOAT", tip("Guidance on the instruction only; 2.0 is VIVA's preset, 1.0 turns it off (one DiT "
                                  "pass per step).", default=2.0, min=1.0, max=30.0, step=0.1, round=0.01)),
-        }}
+        }, "optional": step_cache_input()}
 
-    def sample(self, dit, viva, conditioning, source, seed, steps, shift, cfg):
+    def sample(self, dit, viva, conditioning, source, seed, steps, shift, cfg, step_cache=0.0):
         errors, placement = kiwi("errors"), kiwi("placement")
         if getattr(conditioning, "refiner", None) is None:
             raise errors.InputError("this conditioning is not a VIVA encoding; connect Kiwi VIVA Encode.")
@@ -119,7 +120,8 @@ class KiwiVIVASampler:
             raise errors.InputError(f"the source has {source.source_latents.shape[1]} latent channels but this DiT "
                                     f"takes {dit.model.config.in_dim}; use the VAE that belongs to the DiT.")
         settings = kiwi("methods.viva").viva_settings(steps=int(steps), shift=float(shift), seed=int(seed),
-                                                      cfg=float(cfg), progress=True)
+                                                      cfg=float(cfg), progress=True,
+                                                      step_cache=float(step_cache))
         device = kiwi("comfy_adapter").compute_device()
         with placement.on_device(dit.model, device), dit.applied():
             viva.refiner.to(device)

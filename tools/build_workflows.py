@@ -190,7 +190,7 @@ class Graph:
 # --------------------------------------------------------------------------------------------------
 
 SAMPLER = {"seed": 42, "control_after_generate": "fixed", "steps": 50, "shift": 5.0, "cfg": 1.0, "denoise": 1.0,
-           "schedule": "kiwi", "block_swap": -1}
+           "schedule": "kiwi", "block_swap": -1, "step_cache": 0.0}
 LOADER = {"dtype": "auto", "device": "auto", "attention": "auto"}
 
 
@@ -482,7 +482,7 @@ def toy_reference_edit(pack) -> Graph:
 WAN22_TI2V_5B = {"name": "wan2.2_ti2v_5B_fp16.safetensors", "directory": "diffusion_models",
                  "url": f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/diffusion_models/"
                         "wan2.2_ti2v_5B_fp16.safetensors"}
-METHOD_SAMPLER = {"seed": 42, "control_after_generate": "fixed", "steps": 50, "shift": 5.0}
+METHOD_SAMPLER = {"seed": 42, "control_after_generate": "fixed", "steps": 50, "shift": 5.0, "step_cache": 0.0}
 
 
 def viva_edit(pack) -> Graph:

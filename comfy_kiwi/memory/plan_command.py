@@ -19,11 +19,11 @@ def parse_size(text: str) -> tuple[int, int]:
 def _run(args) -> int:
     w, h = parse_size(args.size)
     p = plan(args.model, w, h, args.frames, args.vram, cfg=args.cfg, reference=args.reference,
-             block_swap=args.block_swap, fp8=args.fp8)
+             block_swap=args.block_swap, fp8=args.fp8, steps=args.steps, step_cache=args.step_cache)
     if args.json:
         print(json.dumps({"fits": p.fits, "tokens": p.tokens, "settings": p.settings,
                           "stages": [{"name": s.name, "peak_bytes": s.peak, "arithmetic": s.lines}
-                                     for s in p.stages]}, indent=2))
+                                     for s in p.stages], "time": p.time}, indent=2))
     else:
         print(format_plan(p))
     return 0 if p.fits else 1
@@ -41,5 +41,8 @@ def add_plan_parser(subparsers) -> None:
     fp8 = sp.add_mutually_exclusive_group()
     fp8.add_argument("--fp8", dest="fp8", action="store_true", default=None, help="force fp8 block weights")
     fp8.add_argument("--no-fp8", dest="fp8", action="store_false", help="never use fp8")
+    sp.add_argument("--steps", type=int, default=50, help="sampling steps (default 50, the release)")
+    sp.add_argument("--step-cache", type=float, default=0.0, metavar="THRESHOLD",
+                    help="the edit's --step-cache threshold (0 = off): its memory and the forwards it may skip")
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(run=_run)

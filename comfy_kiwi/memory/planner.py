@@ -55,6 +55,7 @@ class Plan:
     stages: list[Stage]
     settings: dict                  # dtype, fp8, block_swap, vae_tiling, offload_encoder, encoder_device
     fits: bool
+    time: list[str] = field(default_factory=list)     # DiT forwards per edit (with the step cache)
 
     @property
     def peak(self) -> int:
@@ -199,9 +200,10 @@ def _model(name: str) -> dict:
 
 
 def plan(model: str, width: int, height: int, frames: int, vram_gb: float, *, cfg: bool = False,
-         reference: bool = False, block_swap: int | None = None, fp8: bool | None = None) -> Plan:
+         reference: bool = False, block_swap: int | None = None, fp8: bool | None = None,
+         steps: int = 50, step_cache: float = 0.0) -> Plan:
     """Estimate each stage's peak and pick settings that fit ``vram_gb``. ``block_swap``/``fp8``
-    fix those choices instead of searching."""
+    fix those choices instead of searching; ``steps``/``step_cache`` set the time lines."""
     m = _model(model)
     if not vram_gb > 0:
         raise InputError(f"vram must be a positive number of GB, got {vram_gb!r}.")
@@ -217,8 +219,29 @@ def plan(model: str, width: int, height: int, frames: int, vram_gb: float, *, cf
     settings = dict(dtype="bfloat16", fp8=choice["fp8"], block_swap=choice["block_swap"],
                     vae_tiling=enc_tiled or dec_tiled, offload_encoder=True, encoder_device=enc_device,
                     kv_cache=True)
+    time = dit_forward_lines(preset(m["dit"]), tokens, steps, cfg, step_cache, dit)
     fits = choice["fits"] and all(s.peak <= vram for s in stages)
-    return Plan(model, width, height, frames, vram, tokens, stages, settings, fits)
+    return Plan(model, width, height, frames, vram, tokens, stages, settings, fits, time)
+
+
+def dit_forward_lines(c, tokens: int, steps: int, cfg: bool, step_cache: float, dit: Stage) -> list[str]:
+    """Sampling time in DiT forwards; with the step cache, what it may skip and what it holds
+    (added to the DiT stage's peak)."""
+    from ..sampling.step_cache import check_threshold
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}.")
+    lines = [f"{steps} DiT forwards per edit{' (batch 2: both CFG branches in one forward)' if cfg else ''}"]
+    if check_threshold(step_cache) == 0:
+        return lines + ["step cache off: every step runs the blocks"]
+    batch = 2 if cfg else 1
+    held = 2 * batch * tokens * c.dim * BF16
+    dit.peak += held
+    dit.lines.append(f"step cache: residual + proxy 2 × {batch} × {tokens} tokens × {c.dim} × 2 B = {gib(held)}")
+    return lines + [f"step cache {step_cache:g}: the blocks run in {min(steps, 3)} to {steps} of them (never skipped: "
+                    "the first two and the last),",
+                    "  decided while sampling from how fast the model's residual changes; a skipped step costs "
+                    "the embeddings + head only",
+                    "  measured share skipped per threshold: docs/PERFORMANCE.md, \"Step cache\""]
 
 
 def format_plan(p: Plan) -> str:
@@ -235,6 +258,9 @@ def format_plan(p: Plan) -> str:
                f"encoder {'offloaded after use' if st['encoder_device'] == 'cuda' else 'on the CPU'}, K/V cache on")
     if not p.fits:
         out.append("  try fewer frames or a smaller size, or more VRAM")
+    if p.time:
+        out.append("\ntime:")
+        out += [f"  {line}" for line in p.time]
     return "\n".join(out)
 
 

@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import CheckpointError, InputError
 from ..models.wan_dit import CastLinear, WanDiT, layer_norm, rope_tables
 from ..sampling import flow_sigmas, noise_like, sample_euler
+from ..sampling.step_cache import step_cache as cached_steps
 
 PREFIX = "imvideoedit."
 
@@ -219,15 +220,17 @@ def paired_velocity(dit: WanDiT, source: torch.Tensor, noisy: torch.Tensor, time
 
 @torch.no_grad()
 def sample(dit: WanDiT, source_latents: torch.Tensor, context: torch.Tensor, steps: int = 50, shift: float = 5.0,
-           seed: int = 0, schedule: str = "kiwi", progress: bool = True) -> torch.Tensor:
-    """Edit: Euler sampling of the target latents with the source video in the source half."""
+           seed: int = 0, schedule: str = "kiwi", progress: bool = True, step_cache: float = 0.0) -> torch.Tensor:
+    """Edit: Euler sampling of the target latents with the source video in the source half.
+    ``step_cache`` > 0 skips the blocks (with the hooks in them) at steps that change little."""
     dtype = dit.dtype
     src = source_latents.to(dit.device, dtype)
     ctx = context.to(dit.device)
     x = noise_like(src.shape, seed, dtype=dtype, device=dit.device)
     sigmas = flow_sigmas(steps, shift, schedule)
-    return sample_euler(lambda x, s, i: paired_velocity(dit, src, x, 1000.0 * s, ctx), x, sigmas,
-                        progress=progress, desc="ImVideoEdit")
+    with cached_steps(dit, step_cache) as cache:
+        return sample_euler(lambda x, s, i: paired_velocity(dit, src, x, 1000.0 * s, ctx), x, sigmas,
+                            progress=progress, desc="ImVideoEdit", step_cache=cache)
 
 
 @contextmanager

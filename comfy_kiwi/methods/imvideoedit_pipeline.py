@@ -82,7 +82,7 @@ def sample_imvideoedit(dit, weights, source_latents: torch.Tensor, context: torc
     check_inputs(dit, source_latents, context)
     with ive.applied(dit, weights), (while_applied() if while_applied is not None else nullcontext()):
         return ive.sample(dit, source_latents, context.to(dit.dtype), steps=s.steps, shift=s.shift, seed=s.seed,
-                          schedule=s.schedule, progress=s.progress)
+                          schedule=s.schedule, progress=s.progress, step_cache=s.step_cache)
 
 
 def edit_with_imvideoedit(dit, vae, text_encoder, weights, frames: torch.Tensor, caption: str,

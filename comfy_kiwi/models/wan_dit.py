@@ -233,6 +233,7 @@ class WanDiT(nn.Module):
         self.context_embedding = "auto"
         self.gradient_checkpointing = False       # recompute each block in backward (training only)
         self.kv_cache = None                      # see comfy_kiwi.memory.kv_cache
+        self.step_cache = None                    # see comfy_kiwi.sampling.step_cache
         self.attention_backend = "auto"
 
     # --- settings -----------------------------------------------------------------------------------
@@ -353,6 +354,19 @@ class WanDiT(nn.Module):
         return context.to(self.dtype).expand(batch, -1, -1)
 
     def run_blocks(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor, rope) -> torch.Tensor:
+        if self.step_cache is not None and not torch.is_grad_enabled() and len(self.blocks):
+            return self.step_cache.run_blocks(x, self.first_block_input(x, e),
+                                              lambda x: self.run_all_blocks(x, e, context, rope))
+        return self.run_all_blocks(x, e, context, rope)
+
+    def first_block_input(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """What the first block's self-attention reads: x modulated by its shift₁/scale₁ (the step cache's
+        proxy). The modulation is moved to e's device: with block swap it may wait in CPU RAM."""
+        block = self.blocks[0]
+        shift, scale = (block.modulation.float().to(e.device) + e)[..., :2, :].unbind(-2)
+        return modulate(x, shift, scale, block.eps)
+
+    def run_all_blocks(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor, rope) -> torch.Tensor:
         checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if checkpoint:   # keep only block inputs; recompute the insides during backward

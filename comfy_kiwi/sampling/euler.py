@@ -25,11 +25,16 @@ def start_latents(noise: torch.Tensor, sigma0: float, init: torch.Tensor | None 
 
 def sample_euler(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, *,
                  progress: bool = True, desc: str = "sampling",
-                 on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Integrate from ``sigmas[0]`` down to 0. The update runs in ``x``'s dtype, as the release does."""
+                 on_step: Callable[[int, torch.Tensor], None] | None = None, step_cache=None) -> torch.Tensor:
+    """Integrate from ``sigmas[0]`` down to 0. The update runs in ``x``'s dtype, as the release does.
+
+    ``step_cache`` (``sampling.step_cache.StepCache`` attached to the DiT, or None) is told where each
+    step stands, so it never skips the first or the last one."""
     sig = [float(s) for s in sigmas] + [0.0]
     with torch.no_grad(), Progress(len(sig) - 1, desc, enabled=progress) as bar:
         for i in range(len(sig) - 1):
+            if step_cache is not None:
+                step_cache.begin_step(i, len(sig) - 1)
             v = velocity_fn(x, sig[i], i)
             if v.shape != x.shape:
                 raise InputError(f"the model returned shape {tuple(v.shape)} for latents {tuple(x.shape)}.")

@@ -12,6 +12,7 @@ import torch
 
 from ..frames import vae_to_frames
 from ..sampling import flow_sigmas, noise_like, sample_euler, start_latents
+from ..sampling.step_cache import step_cache as cached_steps
 from .codec import ToyPatchCodec
 from .data import ToySample, encode_contexts, stack
 from .judge import mean_scores, score_edit, to_uint8_frames
@@ -20,9 +21,12 @@ from .source_modes import dit_velocity
 
 @torch.no_grad()
 def edit_samples(dit, encoder, samples: list[ToySample], source_mode: str = "sigma_add", steps: int = 20,
-                 shift: float = 5.0, seed: int = 0, batch: int = 16, denoise: float = 1.0) -> list[np.ndarray]:
+                 shift: float = 5.0, seed: int = 0, batch: int = 16, denoise: float = 1.0,
+                 step_cache: float = 0.0, cache_log: list | None = None) -> list[np.ndarray]:
     """Edited frames (uint8 [F, H, W, 3]) of samples that share one dataset (same shapes and mode).
-    ``denoise`` < 1 starts from the noised source latents, as ``EditSettings.denoise`` does."""
+    ``denoise`` < 1 starts from the noised source latents, as ``EditSettings.denoise`` does.
+    ``step_cache``: the step-cache threshold (0 = off); each run's ``StepCache`` is appended to ``cache_log``.
+    The cache decides per DiT call, i.e. for a whole batch: use ``batch=1`` for one edit's decisions."""
     codec = ToyPatchCodec()
     was_training = (dit.training, encoder.training)
     dit.eval()
@@ -42,7 +46,10 @@ def edit_samples(dit, encoder, samples: list[ToySample], source_mode: str = "sig
                 t = torch.full((x.shape[0],), 1000.0 * sigma)
                 return dit_velocity(dit, x, t, torch.full((x.shape[0],), float(sigma)), ctx, src, ref, source_mode)
 
-            x = sample_euler(velocity, x, sigmas, progress=False)
+            with cached_steps(dit, step_cache) as cache:
+                x = sample_euler(velocity, x, sigmas, progress=False, step_cache=cache)
+            if cache is not None and cache_log is not None:
+                cache_log.append(cache)
             frames = vae_to_frames(codec.decode(x))                  # [B·F, H, W, 3]
             f = frames.shape[0] // len(chunk)
             out.extend(to_uint8_frames(frames[i * f:(i + 1) * f]) for i in range(len(chunk)))
@@ -53,11 +60,12 @@ def edit_samples(dit, encoder, samples: list[ToySample], source_mode: str = "sig
 
 
 def evaluate(dit, encoder, pools: dict[str, list[ToySample]], source_mode: str = "sigma_add", steps: int = 20,
-             seed: int = 0, denoise: float = 1.0) -> dict:
-    """Mean toy-judge scores per dataset and over all datasets (each dataset weighs the same)."""
+             seed: int = 0, denoise: float = 1.0, **sampling) -> dict:
+    """Mean toy-judge scores per dataset and over all datasets (each dataset weighs the same).
+    ``sampling``: further ``edit_samples`` arguments (batch, step_cache, cache_log)."""
     out, by_kind = {}, {}
     for name, samples in pools.items():
-        edited = edit_samples(dit, encoder, samples, source_mode, steps, seed=seed, denoise=denoise)
+        edited = edit_samples(dit, encoder, samples, source_mode, steps, seed=seed, denoise=denoise, **sampling)
         scores = [score_edit(e, s.example) for e, s in zip(edited, samples)]
         out[name] = mean_scores(scores)
         for s, sc in zip(samples, scores):
