@@ -55,7 +55,7 @@ def test_edit_command_without_model_uses_the_toy_model_and_judges(tmp_path, caps
     assert code == 0 and out.is_file()
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["frames"] == 17 and report["size"] == [32, 32]
-    assert set(report["toy_judge"]) == {"compliance", "preservation", "temporal", "overall"}
+    assert set(report["toy_judge"]) == {"compliance", "preservation", "temporal", "overall", "cleanliness"}
     assert report["toy_judge"]["preservation"] > 0.8 and report["toy_judge"]["overall"] > 0.3
 
 
@@ -76,7 +76,7 @@ def test_toy_workflows_run_and_judge(name, tmp_path):
     results = H.execute_prompt(prompt, classes)
     (judge,) = [results[nid] for nid, n in prompt.items() if n["class_type"] == "KiwiToyJudge"]
     report = json.loads(judge[0])
-    assert set(report) >= {"instruction", "compliance", "preservation", "temporal", "overall"}
+    assert set(report) >= {"instruction", "compliance", "preservation", "temporal", "overall", "cleanliness"}
     assert 0.0 <= report["overall"] <= 1.0
 
 
