@@ -85,3 +85,15 @@ def test_info_describes_the_toy_folder(capsys):
     assert main(["info", str(DEFAULT_MODEL_DIR)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "kiwi-toy-release" and info["parts"]["vae"]["_class_name"] == "KiwiToyPatchCodec"
+
+
+def test_command_line_judge_scores_cleanliness_on_the_raw_frames():
+    """The edit command's toy judge must see the raw edited frames (mutation tried: scoring the snapped labels
+    only, which reported cleanliness 1.0 for a visibly noisy edit)."""
+    from comfy_kiwi.toy.examples import judge_file_edit
+    from comfy_kiwi.toy.judge import cleanliness
+    from comfy_kiwi.video_io import read_video
+    frames, _fps = read_video(DEMO_VIDEO)
+    noisy = (frames + 0.05 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    scores = judge_file_edit(DEMO_VIDEO, DEMO_INSTRUCTION, noisy)
+    assert scores["cleanliness"] == pytest.approx(cleanliness(noisy)) and scores["cleanliness"] < 0.9

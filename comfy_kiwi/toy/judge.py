@@ -104,11 +104,17 @@ def score_labels(out: np.ndarray, source: np.ndarray, target: np.ndarray) -> Toy
     return ToyScores(compliance, preservation, temporal, compliance * preservation * temporal)
 
 
-def score_edit(output_frames, example: ToyExample) -> ToyScores:
-    """Scores of an edited video (``[F, H, W, 3]``, uint8 or float 0..1) for one toy example."""
-    scores = score_labels(nearest_labels(output_frames), example.source_labels, example.target_labels)
+def score_frames(output_frames, source: np.ndarray, target: np.ndarray) -> ToyScores:
+    """Scores of raw edited frames (``[F, H, W, 3]``, uint8 or float 0..1) against source and target labels:
+    the label scores of the snapped frames, and the cleanliness of the raw ones."""
+    scores = score_labels(nearest_labels(output_frames), source, target)
     scores.cleanliness = cleanliness(output_frames)
     return scores
+
+
+def score_edit(output_frames, example: ToyExample) -> ToyScores:
+    """Scores of an edited video (``[F, H, W, 3]``, uint8 or float 0..1) for one toy example."""
+    return score_frames(output_frames, example.source_labels, example.target_labels)
 
 
 def mean_scores(scores: list[ToyScores]) -> dict:
