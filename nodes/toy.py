@@ -76,13 +76,15 @@ class KiwiToyExample:
 class KiwiToyJudge:
     DESCRIPTION = ("Score an edited toy video against the example's ground truth: compliance (the edit happened "
                    "where it should), preservation (everything else unchanged), temporal consistency (no flicker) "
-                   "and overall (their product), each in 0..1.")
+                   "and overall (their product), each in 0..1; and cleanliness, how close the raw pixels are to "
+                   "the toy palette before the judge snaps them (1 = clean, 0 = static).")
     CATEGORY = CATEGORY_TOY
     FUNCTION = "judge"
-    RETURN_TYPES = ("STRING", "FLOAT", "FLOAT", "FLOAT", "FLOAT")
-    RETURN_NAMES = ("report", "compliance", "preservation", "temporal", "overall")
+    RETURN_TYPES = ("STRING", "FLOAT", "FLOAT", "FLOAT", "FLOAT", "FLOAT")
+    RETURN_NAMES = ("report", "compliance", "preservation", "temporal", "overall", "cleanliness")
     OUTPUT_TOOLTIPS = ("The scores as JSON (wire to Preview Any to read them).", "0..1", "0..1", "0..1",
-                       "compliance × preservation × temporal")
+                       "compliance × preservation × temporal",
+                       "0..1: 1 − the raw pixels' mean distance to the palette (in half palette gaps)")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -94,7 +96,7 @@ class KiwiToyJudge:
     def judge(self, edited, example):
         s = _toy("judge").score_edit(edited.detach().cpu(), example)
         report = json.dumps({"instruction": example.instruction, **{k: round(v, 4) for k, v in s.as_dict().items()}})
-        return (report, s.compliance, s.preservation, s.temporal, s.overall)
+        return (report, s.compliance, s.preservation, s.temporal, s.overall, s.cleanliness)
 
 
 NODE_CLASS_MAPPINGS = {"KiwiToyModelLoader": KiwiToyModelLoader, "KiwiToyExample": KiwiToyExample,

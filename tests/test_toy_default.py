@@ -55,7 +55,7 @@ def test_edit_command_without_model_uses_the_toy_model_and_judges(tmp_path, caps
     assert code == 0 and out.is_file()
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["frames"] == 17 and report["size"] == [32, 32]
-    assert set(report["toy_judge"]) == {"compliance", "preservation", "temporal", "overall"}
+    assert set(report["toy_judge"]) == {"compliance", "preservation", "temporal", "overall", "cleanliness"}
     assert report["toy_judge"]["preservation"] > 0.8 and report["toy_judge"]["overall"] > 0.3
 
 
@@ -76,7 +76,7 @@ def test_toy_workflows_run_and_judge(name, tmp_path):
     results = H.execute_prompt(prompt, classes)
     (judge,) = [results[nid] for nid, n in prompt.items() if n["class_type"] == "KiwiToyJudge"]
     report = json.loads(judge[0])
-    assert set(report) >= {"instruction", "compliance", "preservation", "temporal", "overall"}
+    assert set(report) >= {"instruction", "compliance", "preservation", "temporal", "overall", "cleanliness"}
     assert 0.0 <= report["overall"] <= 1.0
 
 
@@ -85,3 +85,15 @@ def test_info_describes_the_toy_folder(capsys):
     assert main(["info", str(DEFAULT_MODEL_DIR)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "kiwi-toy-release" and info["parts"]["vae"]["_class_name"] == "KiwiToyPatchCodec"
+
+
+def test_command_line_judge_scores_cleanliness_on_the_raw_frames():
+    """The edit command's toy judge must see the raw edited frames (mutation tried: scoring the snapped labels
+    only, which reported cleanliness 1.0 for a visibly noisy edit)."""
+    from comfy_kiwi.toy.examples import judge_file_edit
+    from comfy_kiwi.toy.judge import cleanliness
+    from comfy_kiwi.video_io import read_video
+    frames, _fps = read_video(DEMO_VIDEO)
+    noisy = (frames + 0.05 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    scores = judge_file_edit(DEMO_VIDEO, DEMO_INSTRUCTION, noisy)
+    assert scores["cleanliness"] == pytest.approx(cleanliness(noisy)) and scores["cleanliness"] < 0.9

@@ -85,6 +85,22 @@ def test_judge_identity_ground_truth_and_noise():
         assert floats.overall == 1
 
 
+def test_cleanliness_measures_raw_noise_that_snapping_hides():
+    """Mutations tried: squared distance instead of distance, and no cap at half the palette gap: both move the
+    σ = 6 value off the analytic one (or the static one below 0) and fail."""
+    from comfy_kiwi.toy.judge import _half_palette_gap
+    ex = make_example(3)
+    assert score_edit(ex.target, ex).cleanliness == 1.0
+    static = np.random.default_rng(0).integers(0, 256, ex.source.shape, dtype=np.uint8)
+    assert 0.0 <= score_edit(static, ex).cleanliness < 0.35
+    # small Gaussian noise of σ per channel: the distance is σ·χ₃, mean 2σ·sqrt(2/π) ≈ 1.596σ
+    sigma, g = 6.0, _half_palette_gap()
+    noisy = np.clip(ex.target + np.random.default_rng(1).normal(0, sigma, ex.target.shape), 0, 255)
+    s = score_edit(noisy.astype(np.float32) / 255, ex)
+    assert s.overall == 1.0                                  # snapping hides this noise completely
+    assert s.cleanliness == pytest.approx(1 - 1.596 * sigma / g, abs=0.03)
+
+
 def test_codec_is_lossless_with_the_wan22_latent_shape():
     codec = ToyPatchCodec()
     x = torch.rand(2, 3, 17, 32, 64) * 2 - 1

@@ -2,7 +2,8 @@
 leaves a half-written checkpoint; ``latest`` names the newest complete one.
 
 A checkpoint folder ``checkpoints/step-00000010/`` holds ``trainable.safetensors`` (only the trained
-weights, the method's own keys), ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` (torch / Python /
+weights, the method's own keys), ``ema.safetensors`` (the EMA of those weights, when ``optimizer.ema_decay``
+is set; trainer/ema.py), ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` (torch / Python /
 NumPy states of the main process) and ``state.json`` (step, data position, config name). ``.pt`` files
 hold tensors and plain containers only and are read with ``weights_only=True``.
 """
@@ -44,14 +45,16 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def save_checkpoint(output_dir, step: int, trainable: dict, optimizer, scheduler, state: dict,
-                    keep: int = 0) -> Path:
+                    keep: int = 0, ema: dict | None = None) -> Path:
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".step-{step:08d}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+    for name, tensors in (("trainable", trainable), ("ema", ema)):
+        if tensors is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_states(), tmp / "rng.pt")
@@ -87,7 +90,9 @@ def find_checkpoint(output_dir, resume: str | None) -> Path | None:
 def load_checkpoint(path) -> dict:
     path = Path(path)
     try:
+        ema = path / "ema.safetensors"
         return {"trainable": load_file(str(path / "trainable.safetensors")),
+                "ema": load_file(str(ema)) if ema.is_file() else None,
                 "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
                 "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
                 "rng": torch.load(path / "rng.pt", weights_only=True),
@@ -97,15 +102,16 @@ def load_checkpoint(path) -> dict:
 
 
 def load_init_state(path) -> dict:
-    """Trainable weights to start from (``checkpoint.init_from``): a final ``<method>.safetensors``, a
-    checkpoint folder (its ``trainable.safetensors``) or a run folder (its latest checkpoint)."""
+    """Trainable weights to start from (``checkpoint.init_from``) or to export: a final ``<method>.safetensors``,
+    a checkpoint folder (its ``ema.safetensors`` when the run kept an EMA, else ``trainable.safetensors``) or a
+    run folder (its latest checkpoint)."""
     path = Path(path)
     if path.is_dir():
         found = find_checkpoint(path, "auto") if (path / "checkpoints").is_dir() else path
         if found is None or not (found / "trainable.safetensors").is_file():
             raise CheckpointError(f"checkpoint.init_from {path}: no trainable.safetensors (expected a checkpoint "
                                   "folder, a run folder with checkpoints/, or a .safetensors file).")
-        path = found / "trainable.safetensors"
+        path = found / "ema.safetensors" if (found / "ema.safetensors").is_file() else found / "trainable.safetensors"
     try:
         return load_file(str(path))
     except (OSError, ValueError, RuntimeError) as e:

@@ -73,6 +73,7 @@ class OptimizerConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     max_grad_norm: float = 1.0        # 0 = no clipping
+    ema_decay: float = 0.0            # > 0: keep an EMA of the trained weights (trainer/ema.py); 0 = off
 
 
 @dataclass
@@ -222,6 +223,9 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
                               ("data.resolution", cfg.data.resolution, False),
                               ("data.text_len", cfg.data.text_len, False)):
         _positive(v, label, zero_ok)
+    if not 0 <= cfg.optimizer.ema_decay < 1:
+        raise InputError(f"optimizer.ema_decay must be in [0, 1) (0 = no EMA; 0.999 is usual), got "
+                         f"{cfg.optimizer.ema_decay!r}.")
     if not 0 <= cfg.schedule.decay_share < 1:
         raise InputError(f"schedule.decay_share must be in [0, 1), got {cfg.schedule.decay_share!r}.")
     if len(cfg.optimizer.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1

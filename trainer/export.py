@@ -10,8 +10,8 @@ read); a run's final ``kiwi.safetensors`` already is one, this converts a mid-ru
 
 ``--to comfyui-lora``: the run's DiT LoRA under ComfyUI LoraLoader keys (``diffusion_model.blocks.N...``).
 
-The weights come from ``--weights`` (a final ``kiwi.safetensors``, or a ``checkpoints/step-N`` folder),
-default: the run's latest checkpoint. The base models are the run config's (``--config``).
+The weights come from ``--weights`` (a final ``kiwi.safetensors``, or a ``checkpoints/step-N`` folder: its
+EMA weights when the run kept an EMA), default: the run's latest checkpoint. The base models are the run config's (``--config``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from comfy_kiwi.errors import InputError
 
@@ -40,10 +40,7 @@ def _trained_state(cfg, weights) -> dict[str, torch.Tensor]:
             raise InputError(f"no checkpoint under {cfg.output_dir}; pass --weights (kiwi.safetensors or a "
                              "checkpoints/step-N folder).")
         weights = found
-    path = Path(weights)
-    if path.is_dir() and (path / "trainable.safetensors").is_file():
-        return load_file(str(path / "trainable.safetensors"))
-    return load_init_state(path)
+    return load_init_state(weights)          # a checkpoint folder's EMA when the run kept one
 
 
 def load_trained(cfg, weights=None):

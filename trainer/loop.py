@@ -1,7 +1,7 @@
 """The training loop: accelerate (CPU, one GPU, DDP; FSDP/DeepSpeed through ``accelerate config``),
 gradient accumulation, AdamW with linear warm-up then constant (or Kiwi's ConstantLR), several datasets
 mixed round robin (or by weights), initial weights from a previous stage, metrics, atomic checkpoints,
-exact resume, sample edits.
+exact resume, sample edits, an optional EMA of the trained weights (trainer/ema.py).
 
 Exactness of resume: data order is a pure function of (seed, position) (trainer/data/order.py), and the
 random draws of a sample (noise level, noise, reference scale, …) come from a generator seeded with
@@ -28,6 +28,7 @@ from .checkpoint import find_checkpoint, load_checkpoint, load_init_state, save_
 from .data.cache import CachedDataset, build_cache, to_device
 from .data.datasets import read_records
 from .data.order import BatchOrder, MixedOrder
+from .ema import WeightEMA
 from .methods import get_method
 from .metrics import MetricsLog
 
@@ -57,6 +58,11 @@ def sample_indices(position: int, rank: int, batch_size: int, world: int) -> lis
     samples p·B·W … p·B·W + B·W − 1 and rank r holds slice r of it (trainer/data/order.py)."""
     first = (position * world + rank) * batch_size
     return list(range(first, first + batch_size))
+
+
+def _averaged(ema: WeightEMA | None):
+    """The EMA weights swapped in for the block (raw weights after), or nothing without an EMA."""
+    return contextlib.nullcontext() if ema is None else ema.swapped_in()
 
 
 def _loaders(cfg, device):
@@ -122,12 +128,19 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
     optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
                                   weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule))
+    ema = WeightEMA(params, opt.ema_decay) if opt.ema_decay else None
 
     step, position = 0, 0
     ckpt_path = find_checkpoint(cfg.output_dir, resume)
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
+        if ema is not None and ckpt["ema"] is not None:      # the saved average, then the raw weights on top
+            method.load_trainable_state_dict(module, {k: v.to(device) for k, v in ckpt["ema"].items()})
+            ema.reset_from_params()
+            ema.updates = ckpt["state"]["step"]
         method.load_trainable_state_dict(module, {k: v.to(device) for k, v in ckpt["trainable"].items()})
+        if ema is not None and ckpt["ema"] is None:          # EMA switched on for a run saved without one
+            ema.reset_from_params()
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_states(ckpt["rng"])
@@ -165,6 +178,8 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
         lr = scheduler.get_last_lr()[0]          # the rate this step used
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         mean_loss = acc.reduce(total, "mean").item()
@@ -179,11 +194,13 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
         if step % cfg.checkpoint.every == 0 or step == end:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                save_checkpoint(cfg.output_dir, step, method.trainable_state_dict(acc.unwrap_model(wrapped)),
+                unwrapped = acc.unwrap_model(wrapped)
+                save_checkpoint(cfg.output_dir, step, method.trainable_state_dict(unwrapped),
                                 optimizer, scheduler, {"position": position, "config": cfg.source},
-                                keep=cfg.checkpoint.keep)
+                                keep=cfg.checkpoint.keep, ema=None if ema is None else ema.state(method, unwrapped))
         if cfg.sampling.every and step % cfg.sampling.every == 0 and acc.is_main_process:
-            _save_samples(cfg, method, acc.unwrap_model(wrapped), dataset, step, vae_loader, device)
+            with _averaged(ema):
+                _save_samples(cfg, method, acc.unwrap_model(wrapped), dataset, step, vae_loader, device)
         if last is not None and step >= last:
             break
     if bar is not None:
@@ -192,8 +209,9 @@ def train(cfg, resume: str | None = None, stop_after: int | None = None, log=pri
         metrics.close()
     acc.wait_for_everyone()
     if step >= cfg.schedule.max_steps and acc.is_main_process:
-        for path in method.save_final(acc.unwrap_model(wrapped), cfg.output_dir):
-            say(f"saved {path}")
+        with _averaged(ema):                                 # the final file holds the EMA weights when kept
+            for path in method.save_final(acc.unwrap_model(wrapped), cfg.output_dir):
+                say(f"saved {path}")
     elif step >= end:
         say(f"stopped at step {step} of {cfg.schedule.max_steps} (schedule.stop_at); resume with --resume auto")
     return {"step": step, "losses": losses, "output_dir": cfg.output_dir, "module": acc.unwrap_model(wrapped)}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .judge import nearest_labels, score_labels
+from .judge import nearest_labels, score_frames
 from .parse import parse_instruction, reference_colour_shape
 from .world import FPS, PALETTE_RGB, ToyExample, ToyObject, ToyScene, apply_edit, render_labels
 
@@ -87,7 +87,7 @@ def judge_file_edit(video, instruction: str, edited: torch.Tensor, references=No
     edit = parse_instruction(instruction, scene, ref)
     source = render_labels(scene)
     target = render_labels(apply_edit(scene, edit))
-    return score_labels(nearest_labels(edited), source, target).as_dict()
+    return score_frames(edited, source, target).as_dict()
 
 
 def write_csv_dataset(folder, examples: list[ToyExample]) -> Path:

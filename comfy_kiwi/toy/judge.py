@@ -9,8 +9,12 @@ compared with the source and target label maps the generator rendered:
 - **temporal consistency**: of the pixel pairs that stay the same colour between consecutive target
   frames, the share that also stay the same in the output — flicker lowers it (1 for one frame).
 - **overall**: compliance × preservation × temporal consistency (0 for the identity edit).
+- **cleanliness** (raw output, before the snapping above): 1 − the mean distance of each pixel to its nearest
+  palette colour, in units of half the smallest distance between two palette colours and capped at 1 there.
+  1 = every pixel exactly a palette colour; 0 = every pixel at least half way to another colour (static).
+  Snapping hides noise from the other scores; this one shows it. It is reported beside them, not in overall.
 
-All scores lie in [0, 1]; the ground-truth target scores 1 on all four.
+All scores lie in [0, 1]; the ground-truth target scores 1 on all five.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 from ..errors import InputError
 from .world import PALETTE_RGB, ToyExample
 
-SCORE_NAMES = ("compliance", "preservation", "temporal", "overall")
+SCORE_NAMES = ("compliance", "preservation", "temporal", "overall", "cleanliness")
 
 
 @dataclass
@@ -31,6 +35,7 @@ class ToyScores:
     preservation: float
     temporal: float
     overall: float
+    cleanliness: float = 1.0          # palette labels are clean by construction; score_edit measures raw pixels
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,11 +55,28 @@ def to_uint8_frames(frames) -> np.ndarray:
     return arr
 
 
+def _palette_sq_distances(frames) -> np.ndarray:
+    arr = to_uint8_frames(frames).astype(np.int32)
+    return ((arr[..., None, :] - PALETTE_RGB.astype(np.int32)) ** 2).sum(-1)      # [F, H, W, P]
+
+
 def nearest_labels(frames) -> np.ndarray:
     """[F, H, W] index of the nearest palette colour of every pixel."""
-    arr = to_uint8_frames(frames).astype(np.int32)
-    dist = ((arr[..., None, :] - PALETTE_RGB.astype(np.int32)) ** 2).sum(-1)     # [F, H, W, P]
-    return dist.argmin(-1).astype(np.uint8)
+    return _palette_sq_distances(frames).argmin(-1).astype(np.uint8)
+
+
+def _half_palette_gap() -> float:
+    p = PALETTE_RGB.astype(np.float64)
+    d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1))
+    return float(d[d > 0].min()) / 2
+
+
+def cleanliness(frames) -> float:
+    """1 − mean(min(d, g) / g): d = a pixel's RGB distance to its nearest palette colour, g = half the smallest
+    distance between two palette colours (see the module docstring)."""
+    d = np.sqrt(_palette_sq_distances(frames).min(-1))
+    g = _half_palette_gap()
+    return float(1.0 - np.minimum(d, g).mean() / g)
 
 
 def _share(hits: np.ndarray, where: np.ndarray) -> float:
@@ -82,9 +104,17 @@ def score_labels(out: np.ndarray, source: np.ndarray, target: np.ndarray) -> Toy
     return ToyScores(compliance, preservation, temporal, compliance * preservation * temporal)
 
 
+def score_frames(output_frames, source: np.ndarray, target: np.ndarray) -> ToyScores:
+    """Scores of raw edited frames (``[F, H, W, 3]``, uint8 or float 0..1) against source and target labels:
+    the label scores of the snapped frames, and the cleanliness of the raw ones."""
+    scores = score_labels(nearest_labels(output_frames), source, target)
+    scores.cleanliness = cleanliness(output_frames)
+    return scores
+
+
 def score_edit(output_frames, example: ToyExample) -> ToyScores:
     """Scores of an edited video (``[F, H, W, 3]``, uint8 or float 0..1) for one toy example."""
-    return score_labels(nearest_labels(output_frames), example.source_labels, example.target_labels)
+    return score_frames(output_frames, example.source_labels, example.target_labels)
 
 
 def mean_scores(scores: list[ToyScores]) -> dict:
