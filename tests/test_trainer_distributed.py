@@ -81,9 +81,14 @@ def test_two_processes_batch_one_train_as_one_process_batch_two(ddp_run, tmp_pat
     assert len(ranks) == len(single["losses"]) == 3
     assert diff < 1e-6 * max(map(abs, ranks))
     weights = load_file(str(out / "weights-rank0.safetensors"))
-    wdiff = max((single["module"].adapter.state_dict()[k] - v).abs().max().item() for k, v in weights.items())
-    print(f"adapter weights max |diff| {wdiff:.2e}")
-    assert wdiff < 1e-4          # 3 AdamW steps of lr 2e-3 move weights ~6e-3; fp32 noise in tiny gradients
+    mine = single["module"].adapter.state_dict()
+    wdiff = max((mine[k] - v).abs().max().item() for k, v in weights.items())
+    rel = (sum(((mine[k] - v) ** 2).sum() for k, v in weights.items())
+           / sum((v ** 2).sum() for v in weights.values())).sqrt().item()
+    print(f"adapter weights max |diff| {wdiff:.2e}, relative L2 difference {rel:.2e}")
+    # AdamW turns fp32 noise in a near-zero gradient into a step of up to ±lr (2e-3) for that one weight, so the
+    # largest single difference is bounded by lr·steps, not by fp32 noise; the weights as a whole agree closely.
+    assert wdiff < 3 * 2e-3 and rel < 1e-4
 
 
 @pytest.mark.timeout(300)
