@@ -126,8 +126,19 @@ def _vae_stage(kind: str, version: str, width: int, height: int, frames: int, vr
     raise AssertionError("unreachable")
 
 
+def dit_activation_bytes_per_token(c) -> int:
+    """Peak bytes per token of a no-grad DiT forward (bf16), as measured by
+    ``comfy_kiwi.testing.memory_probe.dit_inference_peak`` (tests/test_memory_estimates.py):
+    held across the blocks: the embedded tokens and the running block's input (2 × dim bf16) and the
+    RoPE cos/sin tables (2 × head_dim/2 fp32); inside a block the larger of the attention phase
+    (bf16 q/k/v/out plus the fp32 copies of norms, RoPE and the gated residual: ~20 × dim bytes) and
+    the FFN phase (input, modulated input, hidden before and after GELU: 6 × dim + 4 × ffn bytes)."""
+    held = 2 * c.dim * BF16 + 4 * c.head_dim
+    return held + max(20 * c.dim, 6 * c.dim + 4 * c.ffn_dim)
+
+
 def _dit_arith(c, sizes: dict, tokens: int, ctx: int, batch: int) -> dict:
-    act_tok = max(24 * c.dim, 10 * c.dim + 4 * c.ffn_dim)   # bytes/token: attention phase vs FFN phase
+    act_tok = dit_activation_bytes_per_token(c)
     return dict(
         act=batch * tokens * act_tok, act_tok=act_tok,
         kv=c.num_layers * 2 * batch * ctx * c.dim * BF16,
@@ -168,7 +179,8 @@ def _dit_stage(name: str, m: dict, tokens: int, vram: int, cfg: bool, reference:
     lines = [f"weights: {wtext}",
              f"tokens L = {tokens} (batch {batch}{', CFG' if cfg else ''})",
              f"activations {batch} × {tokens} tokens × {a['act_tok']} B/token "
-             f"[max(24·dim, 10·dim + 4·ffn) = max({24 * c.dim}, {10 * c.dim + 4 * c.ffn_dim})] = {gib(a['act'])}",
+             f"[4·dim + 4·head_dim + max(20·dim, 6·dim + 4·ffn) = {4 * c.dim} + {4 * c.head_dim} + "
+             f"max({20 * c.dim}, {6 * c.dim + 4 * c.ffn_dim})] = {gib(a['act'])}",
              f"attention: q,k,v,out tiles only (counted above); the L×L matrix would be "
              f"{batch}×{c.num_heads}×{tokens}² × 4 B = {gib(a['lxl'])} — never built",
              f"K/V cache {c.num_layers} layers × 2 × {batch} × {ctx} ctx × {c.dim} × 2 B = {gib(a['kv'])}",
