@@ -4,7 +4,8 @@ CPU (``comfy_kiwi.testing.memory_probe``) at widths where the per-token terms do
 
 Mutations tried (each made a test here fail; measured/estimated in brackets): planner without the RoPE tables
 (``4 * c.head_dim`` → 0) [1.07]; planner without the held tokens (``2 * c.dim * BF16`` → 0) [1.15, 1.11];
-trainer without the fp32 LayerNorm inputs [1.08, 1.16]; trainer without the fp32 upcast of ffn.2's input [1.15];
+trainer without the fp32 LayerNorm inputs [1.08, 1.16]; without the fp32 RMSNorm inputs [LoRA 1.08, 1.16;
+frozen 1.18, 1.33]; trainer without the fp32 upcast of ffn.2's input [1.15];
 the formula before this measurement (14·dim + 2·ffn bf16 values per token) [about 2].
 """
 
@@ -14,7 +15,7 @@ import torch
 from comfy_kiwi.memory.planner import dit_activation_bytes_per_token
 from comfy_kiwi.models.wan_config import WanDiTConfig
 from comfy_kiwi.testing.memory_probe import LivePeak, dit_inference_peak, lora_training_peak, tokens_of
-from trainer.memory import block_terms, kiwi_lora_activations
+from trainer.memory import block_terms, held_terms, kiwi_lora_activations
 
 GRID = (2, 32, 32)          # latent frames × height × width: 2·16·16 video + 256 reference tokens = 768
 CONTEXT = 64
@@ -59,6 +60,15 @@ def test_lora_training_activations_match_a_measured_step(name):
     measured = lora_training_peak(cfg, *GRID, context=CONTEXT, rank=8)
     estimated = kiwi_lora_activations(cfg, tokens_of(cfg, *GRID), CONTEXT, rank=8)
     assert 0.92 <= measured / estimated <= 1.06, (name, measured, estimated, measured / estimated)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_frozen_block_backward_sets_match_a_measured_step(name):
+    """Without a LoRA (the ImVideoEdit estimate's base-block part): gradient through every frozen block."""
+    cfg = CONFIGS[name]
+    measured = lora_training_peak(cfg, *GRID, context=CONTEXT, rank=None)
+    estimated = tokens_of(cfg, *GRID) * (sum(held_terms(cfg, cfg.num_layers).values()) + sum(block_terms(cfg).values()))
+    assert 0.92 <= measured / estimated <= 1.08, (name, measured, estimated, measured / estimated)
 
 
 def test_fp32_intermediates_are_most_of_a_blocks_backward_set():

@@ -83,17 +83,23 @@ def dit_inference_peak(config, frames: int, height: int, width: int, context: in
     return m.peak
 
 
-def lora_training_peak(config, frames: int, height: int, width: int, context: int = 64, rank: int = 8,
+def lora_training_peak(config, frames: int, height: int, width: int, context: int = 64, rank: int | None = 8,
                        device="cpu", checkpointing: bool = True) -> int:
     """Peak bytes of one LoRA training step on a frozen bf16 DiT (bf16 autocast, fp32 LoRA, gradient
     checkpointing as the kiwi-lora preset), forward + backward, measured with :class:`LivePeak`. The LoRA
-    gradients are included (they are counted apart in the estimate; at test widths they are tiny)."""
+    gradients are included (they are counted apart in the estimate; at test widths they are tiny).
+    ``rank=None``: no LoRA; the patch embedding trains instead, so the gradient crosses every frozen block
+    (the blocks' own backward sets, as under a method that trains modules beside the DiT)."""
     from ..training.dit_lora_train import DiTLoraAdapter
     dit = _dit(config, torch.bfloat16, device)
-    adapter = DiTLoraAdapter(dit, rank=rank)
-    with torch.no_grad():
-        for pair in adapter.pairs:                 # B = 0 at init would leave some gradients trivially zero
-            pair.lora_B.normal_(0, 0.01)
+    adapter = None
+    if rank is None:
+        dit.patch_embedding.requires_grad_(True)
+    else:
+        adapter = DiTLoraAdapter(dit, rank=rank)
+        with torch.no_grad():
+            for pair in adapter.pairs:             # B = 0 at init would leave some gradients trivially zero
+                pair.lora_B.normal_(0, 0.01)
     dit.gradient_checkpointing = checkpointing
     dit.train(True)
     lat, src, ref, ctx = _inputs(config, frames, height, width, context, torch.bfloat16, device)
@@ -104,5 +110,6 @@ def lora_training_peak(config, frames: int, height: int, width: int, context: in
         loss = (pred.float() - lat.float()).pow(2).mean()
         loss.backward()
         del pred, loss
-    adapter.detach()
+    if adapter is not None:
+        adapter.detach()
     return m.peak
