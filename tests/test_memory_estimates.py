@@ -6,7 +6,8 @@ Mutations tried (each made a test here fail; measured/estimated in brackets): pl
 (``4 * c.head_dim`` → 0) [1.07]; planner without the held tokens (``2 * c.dim * BF16`` → 0) [1.15, 1.11];
 trainer without the fp32 LayerNorm inputs [1.08, 1.16]; without the fp32 RMSNorm inputs [LoRA 1.08, 1.16;
 frozen 1.18, 1.33]; trainer without the fp32 upcast of ffn.2's input [1.15];
-the formula before this measurement (14·dim + 2·ffn bf16 values per token) [about 2].
+the formula before this measurement (14·dim + 2·ffn bf16 values per token) [about 2]; the VAE's earlier
+per-pixel counts (6 copies × 40/64/96 channels × 2 B × 4 frames) [Wan2.1 encode 1.6, Wan2.2 encode 1.7].
 """
 
 import pytest
@@ -69,6 +70,29 @@ def test_frozen_block_backward_sets_match_a_measured_step(name):
     measured = lora_training_peak(cfg, *GRID, context=CONTEXT, rank=None)
     estimated = tokens_of(cfg, *GRID) * (sum(held_terms(cfg, cfg.num_layers).values()) + sum(block_terms(cfg).values()))
     assert 0.92 <= measured / estimated <= 1.08, (name, measured, estimated, measured / estimated)
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_planner_vae_stages_match_measured_encode_and_decode(version):
+    """Released VAE widths on a 32×32, 9-frame video (the causal cache is in its steady state from 9 frames)."""
+    from comfy_kiwi.memory.planner import VAE_ACT_PER_PX, vae_video_bytes_per_px
+    from comfy_kiwi.models.wan_vae import WAN21_VAE, WAN22_VAE
+    from comfy_kiwi.testing.memory_probe import vae_peaks
+    frames, px = 9, 32 * 32
+    measured = vae_peaks(WAN22_VAE if version == "2.2" else WAN21_VAE, frames, 32, 32)
+    for kind, got in zip(("encode", "decode"), measured):
+        held, _ = vae_video_bytes_per_px(kind, version, frames)
+        estimated = (VAE_ACT_PER_PX[(kind, version)] + held) * px
+        assert 0.93 <= got / estimated <= 1.05, (version, kind, got, estimated, got / estimated)
+
+
+def test_planner_counts_the_frame_conversion_after_decoding():
+    from comfy_kiwi.frames import vae_to_frames
+    from comfy_kiwi.memory.planner import vae_video_bytes_per_px
+    x = torch.rand(1, 3, 9, 32, 32) * 2 - 1                     # the decoded video, fp32
+    with LivePeak() as m:
+        vae_to_frames(x)
+    assert m.peak + x.nbytes == vae_video_bytes_per_px("decode", "2.2", 9)[1] * 32 * 32
 
 
 def test_fp32_intermediates_are_most_of_a_blocks_backward_set():

@@ -103,24 +103,35 @@ def _encoder_stage(m: dict, vram: int, frames: int) -> tuple[Stage, str]:
     return Stage(f"encode ({m['encoder']})", peak, lines), device
 
 
+# Peak bytes per video pixel inside the VAE while it works on one causal chunk (steady state, bf16 weights and
+# activations, released widths), measured with ``comfy_kiwi.testing.memory_probe`` (tests/test_memory_estimates.py).
+VAE_ACT_PER_PX = {("encode", "2.1"): 7450, ("decode", "2.1"): 9400, ("encode", "2.2"): 3450, ("decode", "2.2"): 8750}
+
+
+def vae_video_bytes_per_px(kind: str, version: str, frames: int) -> tuple[int, int]:
+    """(bytes per pixel held beside the VAE's own activations, bytes per pixel after it): the video on the
+    device — encode: the bf16 input (and Wan2.2's patchified copy); decode: the fp32 output, then it and the two
+    fp32 copies alive at once while ``frames.vae_to_frames`` turns it into 0..1 frames (all measured)."""
+    if kind == "encode":
+        return 2 * 3 * frames * (2 if version == "2.2" else 1), 0
+    return 4 * 3 * frames, 3 * 4 * 3 * frames
+
+
 def _vae_stage(kind: str, version: str, width: int, height: int, frames: int, vram: int) -> tuple[Stage, bool]:
     w = vae_params(version) * BF16
-    # widest full-resolution feature map per pixel: 2.1 works at H×W with 96 channels, 2.2 at H/2×W/2
-    # with 160 (encoder) / 256 (decoder) channels; ~6 live copies (input, output, residual, norm, causal cache)
-    per_px = {("encode", "2.1"): 96, ("decode", "2.1"): 96, ("encode", "2.2"): 40, ("decode", "2.2"): 64}
-    chunk = 4                                        # frames per causal chunk
-    live = 6 * per_px[(kind, version)] * BF16
-    io = 3 * frames * height * width * BF16          # the whole video in or out, on the device
+    act_px = VAE_ACT_PER_PX[(kind, version)]
+    held_px, after_px = vae_video_bytes_per_px(kind, version, frames)
     tile_px = 480 * 832
     lines = [f"weights {vae_params(version) / 1e6:.0f}e6 params × 2 B = {gib(w)}",
-             f"video tensor 3 × {frames} × {height} × {width} × 2 B = {gib(io)}"]
+             f"video on the device {held_px} B/px × {width * height} px = {gib(held_px * width * height)}"
+             + (f"; converting to frames {after_px} B/px = {gib(after_px * width * height)}" if after_px else "")]
     for tiled in (False, True):
         px = min(width * height, tile_px) if tiled else width * height
-        act = live * chunk * px
-        peak = w + io + act + RESERVE
+        act = act_px * px
+        peak = w + max(held_px * width * height + act, after_px * width * height) + RESERVE
         if peak <= vram or tiled:
-            lines.append(f"activations {chunk} frames × {px} px{' (tile 480×832)' if tiled else ''} × "
-                         f"{live} B/px = {gib(act)}")
+            lines.append(f"activations of one causal chunk {act_px} B/px × {px} px{' (tile 480×832)' if tiled else ''}"
+                         f" = {gib(act)}")
             lines.append(f"reserve {gib(RESERVE)}; tiling {'on' if tiled else 'off'}")
             return Stage(f"VAE {kind} (Wan{version})", peak, lines), tiled
     raise AssertionError("unreachable")

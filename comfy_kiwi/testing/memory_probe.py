@@ -113,3 +113,23 @@ def lora_training_peak(config, frames: int, height: int, width: int, context: in
     if adapter is not None:
         adapter.detach()
     return m.peak
+
+
+def vae_peaks(config, frames: int, height: int, width: int) -> tuple[int, int]:
+    """(encode, decode) peak bytes of a bf16 VAE with ``config`` on the CPU, measured with :class:`LivePeak`;
+    the encode's count includes the bf16 input video, made inside (as the pipeline puts it on the device)."""
+    from ..models.wan_vae import WanVAE
+    with torch.device("meta"):                 # values do not change memory: skip the slow random init
+        vae = WanVAE(config)
+    vae = vae.to_empty(device="cpu").to(torch.bfloat16).eval().requires_grad_(False)
+    with torch.no_grad():
+        for t in (*vae.parameters(), *vae.buffers()):
+            t.fill_(0.01)
+    g = torch.Generator().manual_seed(1)
+    video = torch.rand((1, 3, frames, height, width), generator=g)
+    with torch.no_grad(), LivePeak() as enc:
+        z = vae.encode(video.to(torch.bfloat16) * 2 - 1)
+    with torch.no_grad(), LivePeak() as dec:
+        out = vae.decode(z)
+    del out
+    return enc.peak, dec.peak
