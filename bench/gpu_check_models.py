@@ -40,7 +40,7 @@ class Scale:
 
 
 FULL = Scale(False, (1280, 704, 81), (832, 480, 81), (832, 480, 81), 512)
-TINY = Scale(True, (128, 96, 9), (96, 64, 5), (64, 32, 5), 16)
+TINY = Scale(True, (64, 64, 5), (64, 64, 5), (32, 32, 5), 16)
 
 
 @contextlib.contextmanager
