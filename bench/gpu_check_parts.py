@@ -46,6 +46,26 @@ def timed(run, fn):
     return out, time.perf_counter() - t
 
 
+def warm_timed(run, fn):
+    """``timed`` after one untimed call on a GPU (kernel selection, cuBLAS handles, the allocator's first growth)."""
+    if cuda(run):
+        fn()
+    return timed(run, fn)
+
+
+def kiwi_dit_forward(run):
+    """The 5B (or tiny) Kiwi DiT on the device and a no-grad forward at the edit size: source, one reference
+    frame, the Kiwi context. Returns (dit, forward, tokens)."""
+    dit = M.build_dit(run.scale, run.device)
+    lat, src, ref, ctx = M.latent_inputs(dit.config, run.scale.edit_size, run.scale.context, run.device)
+    t = torch.full((1,), 500.0, device=run.device)
+
+    def forward():
+        with torch.no_grad():
+            return dit(lat, t, ctx, source_latents=src, source_scale=0.5, reference_latents=ref)
+    return dit, forward, _tokens(dit.config, lat, ref)
+
+
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.float(), b.float()
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
@@ -114,16 +134,8 @@ def cuda_tests(run):
 def dit_backends(run):
     """One 5B DiT forward at the edit size per attention backend; max difference against sdpa; ours vs diffusers."""
     from comfy_kiwi.attention import _INSTALL, available_backends
-    dit = M.build_dit(run.scale, run.device)
-    cfg = dit.config
-    lat, src, ref, ctx = M.latent_inputs(cfg, run.scale.edit_size, run.scale.context, run.device)
-    t = torch.full((1,), 500.0, device=run.device)
+    dit, forward, tokens = kiwi_dit_forward(run)
     run.tick("built the DiT")
-
-    def forward():
-        with torch.no_grad():
-            return dit(lat, t, ctx, source_latents=src, source_scale=0.5, reference_latents=ref)
-
     variants = [("sdpa", "sdpa", None)]
     if cuda(run):
         from torch.nn.attention import SDPBackend
@@ -147,14 +159,14 @@ def dit_backends(run):
         try:
             with ctxm:
                 if cuda(run):
-                    forward()                              # warm-up (kernel selection, cuBLAS handles)
+                    forward()
                 with Peak(run) as pk:
                     out, sec = timed(run, forward)
         except Exception as e:  # noqa: BLE001 - a backend that fails is a result, not the end of the check
             run.row(backend=label, status="failed", reason=f"{type(e).__name__}: {str(e)[:200]}")
             continue
         reference = out if reference is None else reference
-        run.row(backend=label, status="ok", seconds=round(sec, 3), tokens=_tokens(cfg, lat, ref),
+        run.row(backend=label, status="ok", seconds=round(sec, 3), tokens=tokens,
                 max_abs_diff_vs_sdpa=float((out.float() - reference.float()).abs().max()),
                 rel_l2_vs_sdpa=round(rel_l2(out, reference), 5), **pk.fields())
         run.tick(label)
@@ -194,10 +206,8 @@ def _ours_vs_diffusers(run, dit):
     def theirs():
         with torch.no_grad():
             return ref_model(lat, t, text, return_dict=False)[0]
-    if cuda(run):
-        ours(), theirs()
-    a, ta = timed(run, ours)
-    b, tb = timed(run, theirs)
+    a, ta = warm_timed(run, ours)
+    b, tb = warm_timed(run, theirs)
     run.row(backend="ours / diffusers (umT5 path, sdpa)", status="ok", seconds=round(ta, 3),
             diffusers_seconds=round(tb, 3), ratio=round(ta / tb, 3),
             max_abs_diff_vs_diffusers=float((a.float() - b.float()).abs().max()), rel_l2=round(rel_l2(a, b), 5))
@@ -285,17 +295,9 @@ def block_swap(run):
     """DiT forward time: the planner's block-swap count for 12 GiB against none, prefetch on and off."""
     from comfy_kiwi.memory.block_swap import BlockSwap
     n_plan = _plan(run, "wan2.2-ti2v-5b", M.FULL.edit_size, 12).settings["block_swap"] or 8
-    dit = M.build_dit(run.scale, run.device)
+    dit, forward, _ = kiwi_dit_forward(run)
     n = _swap_count(run, n_plan, dit)
-    lat, src, ref, ctx = M.latent_inputs(dit.config, run.scale.edit_size, run.scale.context, run.device)
-    t = torch.full((1,), 500.0, device=run.device)
-
-    def forward():
-        with torch.no_grad():
-            return dit(lat, t, ctx, source_latents=src, source_scale=0.5, reference_latents=ref)
-    if cuda(run):
-        forward()
-    base, t0 = timed(run, forward)
+    base, t0 = warm_timed(run, forward)
     run.row(swapped=0, prefetch="-", seconds=round(t0, 3), vs_no_swap=1.0)
     run.tick("no swap")
     for prefetch in (True, False):
@@ -314,22 +316,12 @@ def block_swap(run):
 def fp8(run):
     """fp8 (e4m3, per-tensor scale) block linears against bf16: velocity error and forward time."""
     from comfy_kiwi.memory.fp8 import quantize_dit_fp8
-    dit = M.build_dit(run.scale, run.device)
-    lat, src, ref, ctx = M.latent_inputs(dit.config, run.scale.edit_size, run.scale.context, run.device)
-    t = torch.full((1,), 500.0, device=run.device)
-
-    def forward():
-        with torch.no_grad():
-            return dit(lat, t, ctx, source_latents=src, source_scale=0.5, reference_latents=ref)
-    if cuda(run):
-        forward()
-    v16, t16 = timed(run, forward)
+    dit, forward, _ = kiwi_dit_forward(run)
+    v16, t16 = warm_timed(run, forward)
     run.row(storage="bf16", seconds=round(t16, 3))
     run.tick("bf16")
     quantize_dit_fp8(dit, "tensor")
-    if cuda(run):
-        forward()
-    v8, t8 = timed(run, forward)
+    v8, t8 = warm_timed(run, forward)
     run.row(storage="fp8 (per-tensor scale)", seconds=round(t8, 3), vs_bf16_time=round(t8 / t16, 3),
             velocity_rel_l2_vs_bf16=round(rel_l2(v8, v16), 5))
 
