@@ -24,12 +24,13 @@ def block_terms(cfg, lora: bool = False) -> dict[str, int]:
     """Bytes per token that one Wan block keeps for its backward (bf16 activations; norms, RoPE and gates in
     fp32 as ``wan_dit.py`` computes them), itemised. Measured against a real forward + backward on the CPU
     (``comfy_kiwi.testing.memory_probe.lora_training_peak``, tests/test_memory_estimates.py): an earlier
-    count of 14 × dim + 2 × ffn bf16 values left out the fp32 copies and the LoRA's input casts (×2.3 low).
+    count of 14 × dim + 2 × ffn bf16 values left out the fp32 copies and the LoRA's input casts (the measured
+    peak was about twice it at the test widths).
 
     ``lora``: the trainer's fp32 DiT LoRA on the 10 default targets under bf16 autocast; its hook casts each
-    target's input to fp32 and autocast casts it back to a bf16 copy that the LoRA keeps (one per target;
-    cross-attention k/v see the context, counted apart), and the widest one (ffn.2, ffn wide) passes
-    through fp32 while the block is recomputed."""
+    target's input to fp32 and autocast casts it back to a bf16 copy that the LoRA keeps (the dim-wide
+    targets and ffn.2's ffn-wide input; cross-attention k/v see the context, counted apart), and ffn.2's input
+    also passes through fp32 while the block is recomputed."""
     d, f = cfg.dim, cfg.ffn_dim
     terms = {
         "fp32 LayerNorm inputs (self-attn, cross-attn, FFN)": 3 * 4 * d,
@@ -39,7 +40,7 @@ def block_terms(cfg, lora: bool = False) -> dict[str, int]:
         "residual sums and the block output (bf16)": 3 * 2 * d,
     }
     if lora:
-        terms["LoRA input copies (bf16, 9 targets) + rank-wide"] = 8 * 2 * d + 2 * f
+        terms["LoRA input copies (bf16)"] = 8 * 2 * d + 2 * f
         terms["LoRA ffn.2 input upcast to fp32 (transient)"] = 4 * f
     return terms
 
