@@ -281,6 +281,31 @@ def edit_under_cap(run, gib: float):
     with Peak(run) as pk:
         _, sec = timed(run, lambda: pipe.decode(latents, tiled=st["vae_tiling"]))
     run.row(stage="VAE decode", seconds=round(sec, 2), **pk.fields(predicted["VAE decode"], RESERVE))
+    run.tick("VAE decode")
+    del latents, source, cond
+    _whole_edit(run, pipe, frames, reference, settings, st["vae_tiling"], p.peak)
+
+
+def _whole_edit(run, pipe, frames, reference, settings, tiled: bool, predicted: int) -> None:
+    """``EditPipeline.edit`` in one call, placed as ``from_pretrained`` places a release (DiT and VAE on the GPU,
+    the DiT in RAM when block-swapped, the MLLM visiting the GPU to encode): is the planner's per-stage
+    assumption (one stage's model at a time) what the pipeline does?"""
+    from comfy_kiwi.memory.planner import RESERVE
+    if run.left() < 40:
+        run.row(stage="EditPipeline.edit (one call)", status="not run: too little time left in this part's box")
+        return
+    pipe.vae.to(run.device)
+    if not settings.block_swap:
+        pipe.dit.to(run.device)
+    try:
+        with Peak(run) as pk:
+            _, sec = timed(run, lambda: pipe.edit(frames, "make the sky purple", reference,
+                                                  settings.replace(vae_tiled=tiled)))
+        run.row(stage="EditPipeline.edit (one call)", status="ok", seconds=round(sec, 2),
+                **pk.fields(predicted, RESERVE))
+    except torch.cuda.OutOfMemoryError as e:
+        run.row(stage="EditPipeline.edit (one call)", status="out of memory",
+                reason=str(e).splitlines()[0][:200] + " (DiT and VAE stay on the GPU while the MLLM encodes)")
 
 
 def edit_24gb(run):
