@@ -34,7 +34,8 @@ def test_tiny_run_reports_every_part(gpu_check, tmp_path):
     assert backends["sdpa"]["status"] == "ok" and backends["sdpa"]["max_abs_diff_vs_sdpa"] == 0.0
     assert backends["xformers"]["status"] == "skipped" and "CUDA" in backends["xformers"]["reason"]
     stages = [r["stage"] for r in parts["edit_12gb"]["rows"]]
-    assert stages[0] == "plan" and stages[1:3] == ["MLLM encode", "VAE encode"] and stages[-1] == "VAE decode"
+    assert stages[0] == "plan" and stages[1:3] == ["MLLM encode", "VAE encode"] and stages[4] == "VAE decode"
+    assert parts["edit_12gb"]["rows"][-1]["stage"] == "EditPipeline.edit (one call)"
     assert all(r["measured_MiB"] > 0 for r in parts["edit_24gb"]["rows"][1:])
     assert parts["fp8"]["rows"][1]["velocity_rel_l2_vs_bf16"] < 0.2
     swap = parts["block_swap"]["rows"]
