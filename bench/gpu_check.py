@@ -86,14 +86,14 @@ def run_part(name: str, scale, device, deadline: float, result_path: Path | None
 
 
 def _in_subprocess(name: str, out_dir: Path, box: float) -> dict:
-    """A part in its own process (GPU runs): killed ``box`` + 20 s after start if its own checks did not stop it."""
+    """A part in its own process (GPU runs): killed ``box`` + 10 s after start if its own checks did not stop it."""
     result = out_dir / f"part-{name}.json"
     result.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--result", str(result),
            "--deadline", str(time.time() + box)]
     start = time.time()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=box + 20)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=box + 10)
         tail = (proc.stdout + proc.stderr)[-1500:]
     except subprocess.TimeoutExpired:
         proc, tail = None, "killed at its time box"
