@@ -21,6 +21,9 @@ WHEELS = "carry it as a wheel: on a machine with the same Python/torch/CUDA, `pi
          "then on the GPU machine `pip install --no-index --find-links wheels/ {pkg}`"
 
 
+PIP_NAMES = {"xformers": "xformers", "flash": "flash-attn", "sage": "sageattention"}
+
+
 class OutOfTime(Exception):
     pass
 
@@ -147,7 +150,7 @@ def dit_backends(run):
             variants.append((name, name, None))
         else:
             why = "needs a CUDA device" if not cuda(run) else \
-                f"not installed ({_INSTALL[name]}; or {WHEELS.format(pkg={'flash': 'flash-attn', 'sage': 'sageattention'}.get(name, name))})"
+                f"not installed ({_INSTALL[name]}; or {WHEELS.format(pkg=PIP_NAMES[name])})"
             run.row(backend=name, status="skipped", reason=why)
     reference = None
     for label, backend, kernel in variants:

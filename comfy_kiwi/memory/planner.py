@@ -132,8 +132,8 @@ def _vae_stage(kind: str, version: str, width: int, height: int, frames: int, vr
         act = act_px * px
         peak = w + max(held_px * width * height + act, after_px * width * height) + RESERVE
         if peak <= vram or tiled:
-            lines.append(f"activations of one causal chunk {act_px} B/px × {px} px{' (tile 480×832)' if tiled else ''}"
-                         f" = {gib(act)}")
+            tile = " (tile 480×832)" if tiled else ""
+            lines.append(f"activations of one causal chunk {act_px} B/px × {px} px{tile} = {gib(act)}")
             lines.append(f"reserve {gib(RESERVE)}; tiling {'on' if tiled else 'off'}")
             return Stage(f"VAE {kind} (Wan{version})", peak, lines), tiled
     raise AssertionError("unreachable")
