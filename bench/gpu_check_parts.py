@@ -217,7 +217,8 @@ def _ours_vs_diffusers(run, dit):
 
 
 # --------------------------------------------------------------------------------------------------
-def _plan(run, model: str, size, gib: float, reference: bool = True):
+def _plan(model: str, gib: float, reference: bool = True):
+    """The planner's plan for the full-size run of ``model`` (the tiny run applies the same settings)."""
     from comfy_kiwi.memory.planner import plan
     w, h, f = M.FULL.edit_size if model == "wan2.2-ti2v-5b" else M.FULL.wan14b_size
     return plan(model, w, h, f, gib, reference=reference)
@@ -237,7 +238,7 @@ def edit_under_cap(run, gib: float):
     from comfy_kiwi.memory.fp8 import quantize_dit_fp8
     from comfy_kiwi.memory.planner import RESERVE
     from comfy_kiwi.pipeline import EditPipeline, EditSettings, sample_edit
-    p = _plan(run, "wan2.2-ti2v-5b", M.FULL.edit_size, gib)
+    p = _plan("wan2.2-ti2v-5b", gib)
     st = p.settings
     run.row(stage="plan", settings=f"fp8 {st['fp8']}, block swap {st['block_swap']}, VAE tiling {st['vae_tiling']}, "
             f"encoder on {st['encoder_device']}", predicted_GiB=round(p.peak / GiB, 3), fits=p.fits,
@@ -322,7 +323,7 @@ def edit_12gb(run):
 def block_swap(run):
     """DiT forward time: the planner's block-swap count for 12 GiB against none, prefetch on and off."""
     from comfy_kiwi.memory.block_swap import BlockSwap
-    n_plan = _plan(run, "wan2.2-ti2v-5b", M.FULL.edit_size, 12).settings["block_swap"] or 8
+    n_plan = _plan("wan2.2-ti2v-5b", 12).settings["block_swap"] or 8
     dit, forward, _ = kiwi_dit_forward(run)
     n = _swap_count(run, n_plan, dit)
     base, t0 = warm_timed(run, forward)
@@ -401,7 +402,7 @@ def wan14b(run):
     from comfy_kiwi.memory.block_swap import BlockSwap
     from comfy_kiwi.memory.fp8 import quantize_dit_fp8
     from comfy_kiwi.memory.planner import RESERVE
-    p = _plan(run, "wan2.1-t2v-14b", M.FULL.wan14b_size, 24, reference=False)
+    p = _plan("wan2.1-t2v-14b", 24, reference=False)
     st = p.settings
     dit = M.build_dit(run.scale, run.device, "wan2.1-t2v-14b", embedders=False)
     if st["fp8"]:
