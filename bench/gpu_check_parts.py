@@ -124,11 +124,13 @@ def cuda_tests(run):
     """``pytest -m cuda``; names every skipped test and its reason."""
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
                    if "mark.cuda" in p.read_text(encoding="utf-8"))
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-rs", "-q", "-p", "no:cacheprovider", *files]
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-rsfE", "-p", "no:cacheprovider", *files]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(5, run.left() - 5))
     out = proc.stdout + proc.stderr
     for m in re.finditer(r"^SKIPPED \[\d+\] (\S+?): (.*)$", out, re.M):
         run.row(test=m.group(1), result="skipped", reason=m.group(2).strip())
+    for m in re.finditer(r"^(FAILED|ERROR) (\S+)(?: - (.*))?$", out, re.M):
+        run.row(test=m.group(2), result=m.group(1).lower(), reason=(m.group(3) or "").strip()[:300])
     summary = [line for line in out.splitlines() if re.search(r"\d+ (passed|failed|skipped|deselected)", line)]
     run.row(test="pytest -m cuda " + " ".join(files), result=summary[-1].strip("= ") if summary else
             f"exit {proc.returncode}", reason="" if proc.returncode in (0, 5) else out[-400:])

@@ -29,7 +29,9 @@ def test_tiny_run_reports_every_part(gpu_check, tmp_path):
         assert part["status"] == "ok", (name, part["reason"])
         assert part["rows"], name
     cuda_rows = parts["cuda_tests"]["rows"]
-    assert any(r["result"] == "skipped" and r["reason"] for r in cuda_rows)          # CUDA-only tests named
+    skipped = {r["test"].split(":")[0] for r in cuda_rows if r["result"] == "skipped" and r["reason"]}
+    assert {"tests/test_attention.py", "tests/test_memory_block_swap.py"} <= skipped      # CUDA-only tests named
+    assert "skipped" in cuda_rows[-1]["result"]                                          # pytest's summary line
     backends = {r["backend"]: r for r in parts["dit_backends"]["rows"]}
     assert backends["sdpa"]["status"] == "ok" and backends["sdpa"]["max_abs_diff_vs_sdpa"] == 0.0
     assert backends["xformers"]["status"] == "skipped" and "CUDA" in backends["xformers"]["reason"]
