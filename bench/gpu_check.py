@@ -38,7 +38,8 @@ import gpu_check_models as M  # noqa: E402
 from gpu_check_parts import PARTS, OutOfTime, Skipped  # noqa: E402
 
 OPTIONAL = {"av": "PyAV (video files; the check itself does not need it)",
-            "diffusers": "diffusers (ours/diffusers row)", "xformers": "xformers backend", "flash_attn": "flash-attn backend", "sageattention": "sage backend",
+            "diffusers": "diffusers (ours/diffusers row)", "xformers": "xformers backend",
+            "flash_attn": "flash-attn backend", "sageattention": "sage backend",
             "transformers": "transformers (Qwen2.5-VL; the edit parts need it)"}
 
 
