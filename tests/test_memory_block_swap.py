@@ -92,6 +92,7 @@ def test_block_swap_rejects_bad_counts(dit):
         assert none is None
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (side-stream prefetch)")
 def test_block_swap_on_cuda(dit, inputs):
     gpu = tiny_dit(config=tiny_config("2.1", num_layers=LAYERS), seed=9)

@@ -14,14 +14,46 @@ from dataclasses import dataclass
 import torch
 
 GiB = 1024 ** 3
-# tensors kept for backward per token, in units of `dim` (ffn hidden counted separately):
-# base block: norms/modulation (4), q,k,v,attn-out,o (5), cross q,attn-out,o (3), residuals (2) ≈ 14
-BASE_PER_TOKEN_DIM = 14
-BASE_PER_TOKEN_FFN = 2          # ffn hidden before and after GELU
 # ImVideoEdit per block: LN×3, side-by-side copy, 2D attn q,k,v,out,o ×2, cross q,out,o, gate MLP (2),
-# sigmoid, zero linears (2), H_pred / H_res / H_diff / update ≈ 26
+# sigmoid, zero linears (2), H_pred / H_res / H_diff / update ≈ 26 (in units of one token × dim × activation bytes)
 ADAPTER_PER_TOKEN_DIM = 26
 CUDA_OVERHEAD_GIB = 1.5         # CUDA context, allocator fragmentation, kernels' workspaces
+
+
+def block_terms(cfg, lora: bool = False) -> dict[str, int]:
+    """Bytes per token that one Wan block keeps for its backward (bf16 activations; norms, RoPE and gates in
+    fp32 as ``wan_dit.py`` computes them), itemised. Measured against a real forward + backward on the CPU
+    (``comfy_kiwi.testing.memory_probe.lora_training_peak``, tests/test_memory_estimates.py): an earlier
+    count of 14 × dim + 2 × ffn bf16 values left out the fp32 copies and the LoRA's input casts (the measured
+    peak was about twice it at the test widths).
+
+    ``lora``: the trainer's fp32 DiT LoRA on the 10 default targets under bf16 autocast; its hook casts each
+    target's input to fp32 and autocast casts it back to a bf16 copy that the LoRA keeps (the dim-wide
+    targets and ffn.2's ffn-wide input; cross-attention k/v see the context, counted apart), and ffn.2's input
+    also passes through fp32 while the block is recomputed."""
+    d, f = cfg.dim, cfg.ffn_dim
+    terms = {
+        "fp32 LayerNorm inputs (self-attn, cross-attn, FFN)": 3 * 4 * d,
+        "fp32 RMSNorm inputs (q, k of self-attn; q of cross-attn)": 3 * 4 * d,
+        "q, k (after RoPE), v, cross q, attention outputs (bf16)": 6 * 2 * d,
+        "FFN input, hidden before and after GELU (bf16)": 2 * d + 2 * 2 * f,
+        "residual sums and the block output (bf16)": 3 * 2 * d,
+    }
+    if lora:
+        terms["LoRA input copies (bf16)"] = 8 * 2 * d + 2 * f
+        terms["LoRA ffn.2 input upcast to fp32 (transient)"] = 4 * f
+    return terms
+
+
+def held_terms(cfg, layers_kept: int) -> dict[str, int]:
+    """Bytes per token held outside the running block during a checkpointed step: the block inputs
+    (``layers_kept`` of them, bf16), the gradient arriving at the running block (bf16), the RoPE cos/sin
+    tables (fp32) and the loss side (the velocity in bf16 and the fp32 difference the squared loss keeps)."""
+    c = cfg.out_dim * cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
+    return {"block inputs (bf16)": layers_kept * 2 * cfg.dim,
+            "gradient of the running block's output": 2 * cfg.dim,
+            "RoPE cos/sin (fp32)": 4 * cfg.head_dim,
+            "velocity and fp32 loss difference": 2 * c + 4 * c}
 
 
 @dataclass
@@ -65,10 +97,9 @@ def estimate(model: str = "wan2.1-t2v-1.3b", height: int = 480, width: int = 832
     base, adapter = count_params(model)
     lat_frames = (frames - 1) // 4 + 1
     tokens = 2 * batch_size * lat_frames * (height // 16) * (width // 16)      # source + target streams
-    per_block = tokens * ((BASE_PER_TOKEN_DIM + ADAPTER_PER_TOKEN_DIM) * cfg.dim
-                          + BASE_PER_TOKEN_FFN * cfg.ffn_dim) * activation_bytes
-    block_inputs = tokens * cfg.dim * activation_bytes * cfg.num_layers
-    acts = block_inputs + per_block if checkpointing else per_block * cfg.num_layers
+    per_block = tokens * (sum(block_terms(cfg).values()) + ADAPTER_PER_TOKEN_DIM * cfg.dim * activation_bytes)
+    held = sum(held_terms(cfg, cfg.num_layers if checkpointing else 0).values())
+    acts = tokens * held + per_block * (1 if checkpointing else cfg.num_layers)
     # adapter: weights + grads in adapter_bytes, AdamW exp_avg + exp_avg_sq in the same dtype
     return MemoryEstimate(model, height, width, frames, batch_size, checkpointing, base, adapter,
                           weights_gib=base * base_bytes / GiB, adapter_gib=adapter * adapter_bytes * 4 / GiB,
@@ -133,14 +164,14 @@ def lora_params(model: str = "wan2.2-ti2v-5b", rank: int = 32, targets=None) -> 
 
 def estimate_kiwi_lora(model: str = "wan2.2-ti2v-5b", height: int = 480, width: int = 832, frames: int = 81,
                        batch_size: int = 1, rank: int = 32, storage: str = "bf16", block_swap: int = 0,
-                       checkpointing: bool = True, reference: bool = True, context_tokens: int = 1280,
-                       activation_bytes: int = 2) -> KiwiLoraEstimate:
+                       checkpointing: bool = True, reference: bool = True,
+                       context_tokens: int = 1280) -> KiwiLoraEstimate:
     """Peak GPU memory of one LoRA training step (the kiwi-lora-5b-480p preset's settings by default).
 
     Counted: the resident DiT weights (block linears in fp8 = 1 byte or bf16 = 2; everything else bf16; with
     block swap only the non-swapped blocks + 2 swapped ones), the LoRA's fp32 weights/grads/AdamW states, one
-    block's weights upcast to bf16 while it computes (fp8 only), activations (block inputs for all blocks +
-    one block's insides, as for ImVideoEdit above), the VAE in bf16 for the per-step reference encode, and CUDA
+    block's weights upcast to bf16 while it computes (fp8 only), activations (:func:`kiwi_lora_activations`),
+    the VAE in bf16 for the per-step reference encode, and CUDA
     overhead. The MLLM is not resident: its context is cached on disk before training."""
     from comfy_kiwi.memory.planner import vae_params
     from comfy_kiwi.memory.fp8 import fp8_linears
@@ -163,13 +194,7 @@ def estimate_kiwi_lora(model: str = "wan2.2-ti2v-5b", height: int = 480, width: 
     grid = (height // vae_factor // 2) * (width // vae_factor // 2)
     video_tokens = ((frames - 1) // vae_t + 1) * grid
     tokens = batch_size * (video_tokens + (grid if reference else 0))
-    per_block_act = tokens * (BASE_PER_TOKEN_DIM * cfg.dim + BASE_PER_TOKEN_FFN * cfg.ffn_dim) * activation_bytes
-    block_inputs = tokens * cfg.dim * activation_bytes * cfg.num_layers
-    lora_acts = tokens * rank * 10 * activation_bytes            # the rank-wide intermediates of one block
-    acts = (block_inputs + per_block_act + lora_acts) if checkpointing else \
-        (per_block_act + lora_acts) * cfg.num_layers
-    acts += 2 * tokens * cfg.dim * activation_bytes              # gradient w.r.t. the running block's input
-    acts += batch_size * context_tokens * cfg.dim * activation_bytes * 3
+    acts = kiwi_lora_activations(cfg, tokens, batch_size * context_tokens, rank, checkpointing)
     n_lora = lora_params(model, rank)
     n_vae = vae_params("2.2" if cfg.in_dim == 48 else "2.1") if reference else 0
     parts = {"DiT weights (resident)": weights / GiB, "fp8 upcast of the running block": upcast / GiB,
@@ -177,6 +202,17 @@ def estimate_kiwi_lora(model: str = "wan2.2-ti2v-5b", height: int = 480, width: 
              "VAE (bf16, reference encode)": n_vae * 2 / GiB, "CUDA overhead": CUDA_OVERHEAD_GIB}
     return KiwiLoraEstimate(model, height, width, frames, tokens, context_tokens, rank, storage, block_swap,
                             checkpointing, total, n_lora, n_vae, parts)
+
+
+def kiwi_lora_activations(cfg, tokens: int, context_tokens: int, rank: int = 32, checkpointing: bool = True) -> int:
+    """Activation bytes of one DiT-LoRA training step: the held tensors, one block's (or, without
+    checkpointing, every block's) backward set, the fp32 rank-wide LoRA intermediates, and the context's
+    cross-attention k/v with their LoRA copies (bf16)."""
+    terms = block_terms(cfg, lora=True)
+    transient = sum(v for k, v in terms.items() if "transient" in k)        # once, in the running block
+    per_block = tokens * (sum(terms.values()) - transient) + tokens * rank * 10 * 4
+    held = tokens * (sum(held_terms(cfg, cfg.num_layers if checkpointing else 0).values()) + transient)
+    return held + per_block * (1 if checkpointing else cfg.num_layers) + context_tokens * cfg.dim * 2 * 3
 
 
 def format_kiwi_lora(e: KiwiLoraEstimate) -> str:

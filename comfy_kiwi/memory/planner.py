@@ -90,8 +90,10 @@ def _encoder_stage(m: dict, vram: int, frames: int) -> tuple[Stage, str]:
     w = int(m["encoder_params"] * BF16)
     if "Qwen" in m["encoder"]:
         tokens = 8 * 334 + m["context"] + m["ref_context"] + 256   # 16 frames /2 temporal × 334 patches + queries
-        act = tokens * 2048 * 40                                    # hidden 2048 · ~20 live bf16 copies
-        what = f"{tokens} tokens × 2048 hidden × 40 B"
+        # 84 B per token and hidden unit: measured (live tensors, bf16, real widths) on 16 frames of 1280×704 plus a
+        # reference, 0.67 GiB; frames are capped at 262,144 px, so larger videos do not add to it
+        act = tokens * 2048 * 84
+        what = f"{tokens} tokens × 2048 hidden × 84 B (measured)"
     else:
         tokens, act = 512, 512 * 4096 * 40
         what = "512 tokens × 4096 hidden × 40 B"
@@ -104,31 +106,53 @@ def _encoder_stage(m: dict, vram: int, frames: int) -> tuple[Stage, str]:
     return Stage(f"encode ({m['encoder']})", peak, lines), device
 
 
+# Peak bytes per video pixel inside the VAE while it works on one causal chunk (steady state, bf16 weights and
+# activations, released widths), measured with ``comfy_kiwi.testing.memory_probe`` (tests/test_memory_estimates.py).
+VAE_ACT_PER_PX = {("encode", "2.1"): 7450, ("decode", "2.1"): 9400, ("encode", "2.2"): 3450, ("decode", "2.2"): 8750}
+
+
+def vae_video_bytes_per_px(kind: str, version: str, frames: int) -> tuple[int, int]:
+    """(bytes per pixel held beside the VAE's own activations, bytes per pixel after it): the video on the
+    device — encode: the bf16 input (and Wan2.2's patchified copy); decode: the fp32 output, then it and the two
+    fp32 copies alive at once while ``frames.vae_to_frames`` turns it into 0..1 frames (all measured)."""
+    if kind == "encode":
+        return 2 * 3 * frames * (2 if version == "2.2" else 1), 0
+    return 4 * 3 * frames, 3 * 4 * 3 * frames
+
+
 def _vae_stage(kind: str, version: str, width: int, height: int, frames: int, vram: int) -> tuple[Stage, bool]:
     w = vae_params(version) * BF16
-    # widest full-resolution feature map per pixel: 2.1 works at H×W with 96 channels, 2.2 at H/2×W/2
-    # with 160 (encoder) / 256 (decoder) channels; ~6 live copies (input, output, residual, norm, causal cache)
-    per_px = {("encode", "2.1"): 96, ("decode", "2.1"): 96, ("encode", "2.2"): 40, ("decode", "2.2"): 64}
-    chunk = 4                                        # frames per causal chunk
-    live = 6 * per_px[(kind, version)] * BF16
-    io = 3 * frames * height * width * BF16          # the whole video in or out, on the device
+    act_px = VAE_ACT_PER_PX[(kind, version)]
+    held_px, after_px = vae_video_bytes_per_px(kind, version, frames)
     tile_px = 480 * 832
     lines = [f"weights {vae_params(version) / 1e6:.0f}e6 params × 2 B = {gib(w)}",
-             f"video tensor 3 × {frames} × {height} × {width} × 2 B = {gib(io)}"]
+             f"video on the device {held_px} B/px × {width * height} px = {gib(held_px * width * height)}"
+             + (f"; converting to frames {after_px} B/px = {gib(after_px * width * height)}" if after_px else "")]
     for tiled in (False, True):
         px = min(width * height, tile_px) if tiled else width * height
-        act = live * chunk * px
-        peak = w + io + act + RESERVE
+        act = act_px * px
+        peak = w + max(held_px * width * height + act, after_px * width * height) + RESERVE
         if peak <= vram or tiled:
-            lines.append(f"activations {chunk} frames × {px} px{' (tile 480×832)' if tiled else ''} × "
-                         f"{live} B/px = {gib(act)}")
+            tile = " (tile 480×832)" if tiled else ""
+            lines.append(f"activations of one causal chunk {act_px} B/px × {px} px{tile} = {gib(act)}")
             lines.append(f"reserve {gib(RESERVE)}; tiling {'on' if tiled else 'off'}")
             return Stage(f"VAE {kind} (Wan{version})", peak, lines), tiled
     raise AssertionError("unreachable")
 
 
+def dit_activation_bytes_per_token(c) -> int:
+    """Peak bytes per token of a no-grad DiT forward (bf16), as measured by
+    ``comfy_kiwi.testing.memory_probe.dit_inference_peak`` (tests/test_memory_estimates.py):
+    held across the blocks: the embedded tokens and the running block's input (2 × dim bf16) and the
+    RoPE cos/sin tables (2 × head_dim/2 fp32); inside a block the larger of the attention phase
+    (bf16 q/k/v/out plus the fp32 copies of norms, RoPE and the gated residual: ~20 × dim bytes) and
+    the FFN phase (input, modulated input, hidden before and after GELU: 6 × dim + 4 × ffn bytes)."""
+    held = 2 * c.dim * BF16 + 4 * c.head_dim
+    return held + max(20 * c.dim, 6 * c.dim + 4 * c.ffn_dim)
+
+
 def _dit_arith(c, sizes: dict, tokens: int, ctx: int, batch: int) -> dict:
-    act_tok = max(24 * c.dim, 10 * c.dim + 4 * c.ffn_dim)   # bytes/token: attention phase vs FFN phase
+    act_tok = dit_activation_bytes_per_token(c)
     return dict(
         act=batch * tokens * act_tok, act_tok=act_tok,
         kv=c.num_layers * 2 * batch * ctx * c.dim * BF16,
@@ -169,7 +193,8 @@ def _dit_stage(name: str, m: dict, tokens: int, vram: int, cfg: bool, reference:
     lines = [f"weights: {wtext}",
              f"tokens L = {tokens} (batch {batch}{', CFG' if cfg else ''})",
              f"activations {batch} × {tokens} tokens × {a['act_tok']} B/token "
-             f"[max(24·dim, 10·dim + 4·ffn) = max({24 * c.dim}, {10 * c.dim + 4 * c.ffn_dim})] = {gib(a['act'])}",
+             f"[4·dim + 4·head_dim + max(20·dim, 6·dim + 4·ffn) = {4 * c.dim} + {4 * c.head_dim} + "
+             f"max({20 * c.dim}, {6 * c.dim + 4 * c.ffn_dim})] = {gib(a['act'])}",
              f"attention: q,k,v,out tiles only (counted above); the L×L matrix would be "
              f"{batch}×{c.num_heads}×{tokens}² × 4 B = {gib(a['lxl'])} — never built",
              f"K/V cache {c.num_layers} layers × 2 × {batch} × {ctx} ctx × {c.dim} × 2 B = {gib(a['kv'])}",
