@@ -2,7 +2,8 @@
 
 The browser is the Debian ``chromium`` package (``KIWI_CHROMIUM``, default /usr/bin/chromium), never a
 download. :class:`FrontendPage` opens the server's page, loads a UI-format workflow with the frontend's own
-``app.loadGraphData`` (the call behind a file drop and the template browser), reports what the frontend
+``app.loadGraphData`` (the call behind a file drop and the template browser; loaded as the template browser
+does, which fits the view to the graph), reports what the frontend
 complained about (dialogs, toasts, console errors) and what its graph holds (unregistered node types, combo
 values not in their lists, numbers out of range, broken links), takes a screenshot and queues the graph with
 ``app.queuePrompt`` (the Queue button's call).
@@ -20,7 +21,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage"]
 VIEWPORT = {"width": 1600, "height": 900}
-THUMBNAIL_SIZE = (512, 288)
+THUMBNAIL_SIZE = (512, 384)
 
 
 def browser_available() -> str | None:
@@ -76,6 +77,19 @@ _GRAPH_PROBLEMS_JS = """() => {
   return {problems, nodes: graph._nodes.length, links: links.filter(Boolean).length};
 }"""
 
+# The screen rectangle around all nodes and groups (litegraph: screen = (graph pos + offset) · scale), padded.
+_NODE_BOUNDS_JS = """() => {
+  const app = window.app, graph = app.rootGraph ?? app.graph, ds = app.canvas.ds, pad = 16;
+  const rects = [...graph._nodes.map(n => [n.pos[0], n.pos[1] - 30, n.size[0], n.size[1] + 30]),
+                 ...(graph._groups ?? []).map(g => g._bounding ?? g.bounding)];
+  const x0 = Math.min(...rects.map(r => r[0])), y0 = Math.min(...rects.map(r => r[1]));
+  const x1 = Math.max(...rects.map(r => r[0] + r[2])), y1 = Math.max(...rects.map(r => r[1] + r[3]));
+  const sx = v => (v + ds.offset[0]) * ds.scale, sy = v => (v + ds.offset[1]) * ds.scale;
+  const left = Math.max(0, sx(x0) - pad), top = Math.max(0, sy(y0) - pad);
+  return {x: left, y: top, width: Math.min(innerWidth, sx(x1) + pad) - left,
+          height: Math.min(innerHeight, sy(y1) + pad) - top};
+}"""
+
 # Visible dialogs and toasts: the frontend shows missing nodes / models, load errors and prompt errors there.
 _MESSAGES_JS = """() => [...document.querySelectorAll('.p-dialog, .p-toast-message, [role=dialog], [role=alert]')]
   .filter(e => e.offsetParent !== null || getComputedStyle(e).position === 'fixed')
@@ -125,7 +139,7 @@ class FrontendPage:
         self.close_dialogs()
         start = len(self.console)
         self.page.evaluate("async wf => { await window.app.loadGraphData(wf, true, true, null, "
-                           "{openSource: 'file_drop'}); }", workflow)
+                           "{openSource: 'template'}); }", workflow)
         self.page.wait_for_timeout(1500)             # dialogs and toasts appear asynchronously
         state = self.page.evaluate(_GRAPH_PROBLEMS_JS)
         state["messages"] = self.messages()
@@ -138,18 +152,30 @@ class FrontendPage:
                 and "Failed to load resource" not in m]
 
     def screenshot(self, path: Path, thumbnail: Path | None = None) -> None:
-        """The page as the user sees it; ``thumbnail``: the graph canvas alone, small, as a JPEG."""
-        self.page.evaluate("() => window.app.canvas.setDirty(true, true)")
-        self.page.wait_for_timeout(500)
+        """The page as the user sees it; ``thumbnail``: the graph alone (focus mode, cropped to the nodes),
+        small, as a JPEG for the template browser."""
+        self.close_dialogs()
+        self._redraw()
         self.page.screenshot(path=str(path))
-        if thumbnail is not None:
-            import io
+        if thumbnail is None:
+            return
+        import io
 
-            from PIL import Image
-            png = self.page.locator("#graph-canvas").screenshot()
-            img = Image.open(io.BytesIO(png)).convert("RGB")
-            img.thumbnail(THUMBNAIL_SIZE)
-            img.save(thumbnail, "JPEG", quality=82, optimize=True)
+        from PIL import Image
+        self.page.evaluate("async () => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
+        try:
+            self._redraw()
+            box = self.page.evaluate(_NODE_BOUNDS_JS)
+            png = self.page.screenshot(clip=box)
+        finally:
+            self.page.evaluate("async () => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
+        img = Image.open(io.BytesIO(png)).convert("RGB")
+        img.thumbnail(THUMBNAIL_SIZE)
+        img.save(thumbnail, "JPEG", quality=85, optimize=True)
+
+    def _redraw(self) -> None:
+        self.page.evaluate("() => window.app.canvas.setDirty(true, true)")
+        self.page.wait_for_timeout(700)
 
     def image_sizes(self, urls: list[str]) -> dict:
         """{url: [width, height]} of images as the page loads them (0 × 0: not an image / not found)."""

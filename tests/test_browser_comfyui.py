@@ -39,8 +39,9 @@ def server(tmp_path_factory):
     S.prepare_base(base)
     try:
         with S.running_server(base, COMFYUI) as srv:
-            # a returning user: no first-run template dialog over the canvas
-            assert S.request(srv["url"] + "/settings/Comfy.TutorialCompleted", True)[0] == 200
+            # a returning user: no first-run template dialog over the canvas, no minimap over the graph
+            for setting, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False)):
+                assert S.request(f"{srv['url']}/settings/{setting}", value)[0] == 200
             yield srv
     except S.ServerError as e:
         pytest.fail(str(e))
