@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import comfy_harness as H
 import comfy_server as S
@@ -77,3 +80,40 @@ def test_a_wrong_model_is_refused_with_our_message(server, object_info):
     status, answer = S.submit(server, prompt)
     assert status == 400 and answer["node_errors"], answer
     assert "was not found" in json.dumps(answer["node_errors"])
+
+
+def _comfy_native_dit(kiwi_dit_file: Path, out: Path) -> Path:
+    """The trainer's base DiT (original Wan key names) with the ``config`` metadata ComfyUI's model detection
+    reads for sizes its key shapes do not tell (a tiny DiT's head count, text width, frequency width)."""
+    from safetensors.torch import load_file, save_file
+
+    from comfy_kiwi.loading.dit_loader import load_dit
+    cfg = load_dit(kiwi_dit_file, dtype=torch.float32).config
+    meta = {"transformer": {"num_heads": cfg.num_heads, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim}}
+    save_file(load_file(str(kiwi_dit_file)), str(out), metadata={"config": json.dumps(meta)})
+    return out
+
+
+def test_a_trainer_exported_lora_loads_in_comfyuis_own_lora_loader(tmp_path):
+    """``python -m trainer export --to comfyui-lora`` → ComfyUI's LoRA code on ComfyUI's own Wan model: every
+    key mapped (0 unmapped), every LoRA'd weight patched to W + alpha/rank · B·A."""
+    from trainer.__main__ import main as trainer_main
+    from trainer.config import load_config
+    from trainer.loop import train
+    from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models
+    models, data = write_kiwi_models(tmp_path / "models"), write_kiwi_data(tmp_path / "data", count=2)
+    toml = tiny_preset("kiwi-lora-5b-480p", tmp_path / "run", models, data, optimizer={"lr": 2e-3},
+                       schedule={"max_steps": 2, "grad_accum": 0}, checkpoint={"every": 1})
+    train(load_config(toml), log=lambda *a: None)
+    lora = tmp_path / "kiwi_lora.safetensors"
+    assert trainer_main(["export", "--config", str(toml), "--to", "comfyui-lora", "--out", str(lora)]) == 0
+    dit = _comfy_native_dit(models["dit"], tmp_path / "wan_dit.safetensors")
+    cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), str(ROOT / "tests" / "comfy_native_lora.py"),
+           COMFYUI, str(dit), str(lora), "0.8"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print("ComfyUI LoraLoader:", json.dumps(result))
+    assert result["unmapped"] == [], result
+    assert result["loaded"] > 0 and result["patched"] == result["loaded"] == result["checked"], result
+    assert result["max_abs_err"] < 1e-5, result
