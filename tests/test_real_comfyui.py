@@ -117,3 +117,73 @@ def test_a_trainer_exported_lora_loads_in_comfyuis_own_lora_loader(tmp_path):
     assert result["unmapped"] == [], result
     assert result["loaded"] > 0 and result["patched"] == result["loaded"] == result["checked"], result
     assert result["max_abs_err"] < 1e-5, result
+
+
+def _run_prompt(server, prompt: dict) -> dict:
+    status, answer = S.submit(server, prompt)
+    assert status == 200 and answer.get("node_errors") == {}, json.dumps(answer, indent=2)[:3000]
+    entry = S.wait_history(server, answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", \
+        json.dumps(entry["status"].get("messages"), indent=1)[-3000:] + "\n" + S.log_tail(server["log"])
+    return entry
+
+
+def _saved_image(server, entry, node_id: str) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+    item = entry["outputs"][node_id]["images"][0]
+    return torch.from_numpy(np.array(Image.open(S.saved_path(server, item)))).float()
+
+
+def test_comfyuis_own_vae_decodes_kiwi_latents(server, object_info):
+    """Native Load VAE + VAE Encode → LATENT → Kiwi latent → Kiwi VAE Decode gives the same picture as
+    Kiwi latent → LATENT → Latent Multiply (×1) → native VAE Decode: the two scales convert exactly.
+    A Wan2.1 layout VAE (ComfyUI reads its width from the file; its Wan2.2 VAE width is fixed at the
+    released 160, too big for a test)."""
+    from dataclasses import replace
+
+    from comfy_kiwi.models.wan_vae import WAN21_VAE, WanVAE
+    from comfy_kiwi.testing.tiny_vae import randomize_, write_original_file
+    name = "wan2.1_tiny_vae.safetensors"
+    write_original_file(randomize_(WanVAE(replace(WAN21_VAE, dim=8, decoder_dim=8)), 4).eval(),
+                        server["base"] / "models" / "vae" / name)
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "kiwi_source.png"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": name}},
+        "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["2", 0]}},
+        "4": {"class_type": "KiwiVAELoader", "inputs": {"vae_name": name, "dtype": "fp32", "device": "auto"}},
+        "5": {"class_type": "LATENTToKiwiLatent", "inputs": {"vae": ["4", 0], "latent": ["3", 0]}},
+        "6": {"class_type": "KiwiVAEDecode", "inputs": {"vae": ["4", 0], "latent": ["5", 0], "tiled": False}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "interop/kiwi_decode"}},
+        "8": {"class_type": "KiwiLatentToLATENT", "inputs": {"vae": ["4", 0], "kiwi_latent": ["5", 0]}},
+        "9": {"class_type": "LatentMultiply", "inputs": {"samples": ["8", 0], "multiplier": 1.0}},
+        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["2", 0]}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "interop/native"}},
+    }
+    entry = _run_prompt(server, prompt)
+    kiwi_img, native_img = _saved_image(server, entry, "7"), _saved_image(server, entry, "11")
+    assert kiwi_img.shape == native_img.shape == (80, 96, 3)
+    assert kiwi_img.std() > 5                                     # a picture, not a flat field
+    assert (kiwi_img - native_img).abs().max() <= 1, (kiwi_img - native_img).abs().max()
+
+
+def test_a_kiwi_sampler_latent_goes_through_comfyuis_latent_nodes(server, object_info):
+    """The edit latent of the all-parts workflow → LATENT → Save Latent and Latent Multiply → back → Kiwi VAE
+    Decode: ComfyUI's latent nodes take it, and the saved latent is the raw-scale Wan2.2 latent."""
+    from safetensors.torch import load_file
+    prompt = H.ui_to_prompt(json.loads((ROOT / "workflows" / "kiwi_all_parts.json").read_text()), object_info)
+    ids = {node["class_type"]: nid for nid, node in prompt.items()}
+    vae, sampler = [ids["KiwiVAELoader"], 0], [ids["KiwiSampler"], 0]
+    prompt.update({
+        "100": {"class_type": "KiwiLatentToLATENT", "inputs": {"vae": vae, "kiwi_latent": sampler}},
+        "101": {"class_type": "SaveLatent", "inputs": {"samples": ["100", 0], "filename_prefix": "latents/kiwi"}},
+        "102": {"class_type": "LatentMultiply", "inputs": {"samples": ["100", 0], "multiplier": 1.0}},
+        "103": {"class_type": "LATENTToKiwiLatent", "inputs": {"vae": vae, "latent": ["102", 0]}},
+        "104": {"class_type": "KiwiVAEDecode", "inputs": {"vae": vae, "latent": ["103", 0], "tiled": False}},
+        "105": {"class_type": "SaveImage", "inputs": {"images": ["104", 0], "filename_prefix": "interop/roundtrip"}},
+    })
+    entry = _run_prompt(server, prompt)
+    saved = sorted((server["base"] / "output" / "latents").glob("kiwi*.latent"))
+    latent = load_file(str(saved[-1]))["latent_tensor"]
+    assert latent.ndim == 5 and latent.shape[1] == 48, latent.shape
+    assert entry["outputs"]["105"]["images"]
