@@ -187,3 +187,106 @@ def test_a_kiwi_sampler_latent_goes_through_comfyuis_latent_nodes(server, object
     latent = load_file(str(saved[-1]))["latent_tensor"]
     assert latent.ndim == 5 and latent.shape[1] == 48, latent.shape
     assert entry["outputs"]["105"]["images"]
+
+
+class _Listener:
+    """ComfyUI's websocket messages for one client id, collected by tests/comfy_ws_listen.py."""
+
+    def __init__(self, server):
+        import threading
+        import uuid
+        self.client_id, self.messages = str(uuid.uuid4()), []
+        cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), str(ROOT / "tests" / "comfy_ws_listen.py"),
+               server["url"], self.client_id]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_for(lambda m: m["type"] == "connected", 60)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.messages.append(json.loads(line))
+
+    def wait_for(self, accept, timeout: float) -> dict:
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((m for m in list(self.messages) if accept(m)), None)
+            if found:
+                return found
+            time.sleep(0.2)
+        raise AssertionError(f"no such websocket message within {timeout} s; got {self.messages[-5:]}")
+
+    def progress(self, prompt_id: str) -> dict[str, list[tuple[int, int]]]:
+        """{node id: [(value, max), ...]} of the prompt's progress messages."""
+        out: dict = {}
+        for m in self.messages:
+            if m["type"] == "progress" and m["data"].get("prompt_id") == prompt_id:
+                out.setdefault(m["data"]["node"], []).append((m["data"]["value"], m["data"]["max"]))
+        return out
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def listener(server):
+    lst = _Listener(server)
+    yield lst
+    lst.close()
+
+
+def _fresh_prompt(object_info, workflow: str, tag: str) -> dict:
+    """A shipped workflow's prompt with new widget values on its Kiwi nodes, so nothing comes from ComfyUI's
+    cache and every node runs again."""
+    prompt = H.ui_to_prompt(json.loads((ROOT / "workflows" / workflow).read_text()), object_info)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "KiwiMLLMEncode":
+            inputs["instruction"] = f"{inputs['instruction']} ({tag})"
+        if node["class_type"] == "KiwiEncodeSource":
+            inputs["reference_position"] = "first" if inputs["reference_position"] != "first" else "last"
+        if "seed" in inputs and not isinstance(inputs["seed"], list):
+            inputs["seed"] = inputs["seed"] + 1 + len(tag)
+    return prompt
+
+
+LONG_NODES = ("KiwiMLLMEncode", "KiwiEncodeSource", "KiwiSampler", "KiwiVAEDecode", "KiwiJudge")
+
+
+@pytest.mark.parametrize("workflow", ["kiwi_all_parts.json", "kiwi_edit_then_judge.json"])
+def test_long_nodes_report_progress_on_comfyuis_bar(server, object_info, listener, workflow):
+    prompt = _fresh_prompt(object_info, workflow, "progress")
+    status, answer = S.submit(server, prompt, listener.client_id)
+    assert status == 200 and answer.get("node_errors") == {}, answer
+    entry = S.wait_history(server, answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", S.log_tail(server["log"])
+    listener.wait_for(lambda m: m["type"] == "executing" and m["data"].get("node") is None, 30)
+    progress = listener.progress(answer["prompt_id"])
+    for nid, node in prompt.items():
+        if node["class_type"] not in LONG_NODES:
+            continue
+        steps = progress.get(nid)
+        assert steps, f"{node['class_type']} #{nid} sent no progress; progress came from {sorted(progress)}"
+        value, total = steps[-1]
+        assert value == total > 0, (node["class_type"], steps)
+        if node["class_type"] == "KiwiSampler":
+            assert total == node["inputs"]["steps"], steps
+
+
+def test_comfyuis_cancel_stops_a_long_sampling_run(server, object_info, listener):
+    prompt = _fresh_prompt(object_info, "kiwi_all_parts.json", "interrupt")
+    sampler = next(nid for nid, n in prompt.items() if n["class_type"] == "KiwiSampler")
+    prompt[sampler]["inputs"]["steps"] = 1000
+    status, answer = S.submit(server, prompt, listener.client_id)
+    assert status == 200, answer
+    pid = answer["prompt_id"]
+    listener.wait_for(lambda m: m["type"] == "progress" and m["data"].get("node") == sampler
+                      and m["data"]["prompt_id"] == pid and m["data"]["value"] >= 2, S.RUN_TIMEOUT)
+    assert S.request(server["url"] + "/interrupt", {})[0] == 200
+    entry = S.wait_history(server, pid, timeout=120)
+    assert entry["status"]["status_str"] == "error"
+    assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"]), entry["status"]
+    done = max(v for v, _ in listener.progress(pid)[sampler])
+    assert done < 1000, f"the sampler ran {done} of 1000 steps after cancel"
