@@ -26,7 +26,7 @@ class KiwiLatentToLATENT:
         return (kiwi("comfy_latent").to_comfy(kiwi_latent, vae),)
 
 
-class LATENTToKiwiLatent:
+class KiwiLatentFromLATENT:
     DESCRIPTION = ("Turn ComfyUI's LATENT of a Wan VAE (VAE Encode, Load Latent, latent math) into a Kiwi latent for "
                    "Kiwi VAE Decode.")
     CATEGORY = CATEGORY_LATENT
@@ -44,6 +44,6 @@ class LATENTToKiwiLatent:
         return (kiwi("comfy_latent").from_comfy(latent, vae),)
 
 
-NODE_CLASS_MAPPINGS = {"KiwiLatentToLATENT": KiwiLatentToLATENT, "LATENTToKiwiLatent": LATENTToKiwiLatent}
+NODE_CLASS_MAPPINGS = {"KiwiLatentToLATENT": KiwiLatentToLATENT, "KiwiLatentFromLATENT": KiwiLatentFromLATENT}
 NODE_DISPLAY_NAME_MAPPINGS = {"KiwiLatentToLATENT": "Kiwi Latent → LATENT",
-                              "LATENTToKiwiLatent": "LATENT → Kiwi Latent"}
+                              "KiwiLatentFromLATENT": "LATENT → Kiwi Latent"}

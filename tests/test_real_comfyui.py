@@ -152,7 +152,7 @@ def test_comfyuis_own_vae_decodes_kiwi_latents(server, object_info):
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": name}},
         "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["2", 0]}},
         "4": {"class_type": "KiwiVAELoader", "inputs": {"vae_name": name, "dtype": "fp32", "device": "auto"}},
-        "5": {"class_type": "LATENTToKiwiLatent", "inputs": {"vae": ["4", 0], "latent": ["3", 0]}},
+        "5": {"class_type": "KiwiLatentFromLATENT", "inputs": {"vae": ["4", 0], "latent": ["3", 0]}},
         "6": {"class_type": "KiwiVAEDecode", "inputs": {"vae": ["4", 0], "latent": ["5", 0], "tiled": False}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "interop/kiwi_decode"}},
         "8": {"class_type": "KiwiLatentToLATENT", "inputs": {"vae": ["4", 0], "kiwi_latent": ["5", 0]}},
@@ -178,7 +178,7 @@ def test_a_kiwi_sampler_latent_goes_through_comfyuis_latent_nodes(server, object
         "100": {"class_type": "KiwiLatentToLATENT", "inputs": {"vae": vae, "kiwi_latent": sampler}},
         "101": {"class_type": "SaveLatent", "inputs": {"samples": ["100", 0], "filename_prefix": "latents/kiwi"}},
         "102": {"class_type": "LatentMultiply", "inputs": {"samples": ["100", 0], "multiplier": 1.0}},
-        "103": {"class_type": "LATENTToKiwiLatent", "inputs": {"vae": vae, "latent": ["102", 0]}},
+        "103": {"class_type": "KiwiLatentFromLATENT", "inputs": {"vae": vae, "latent": ["102", 0]}},
         "104": {"class_type": "KiwiVAEDecode", "inputs": {"vae": vae, "latent": ["103", 0], "tiled": False}},
         "105": {"class_type": "SaveImage", "inputs": {"images": ["104", 0], "filename_prefix": "interop/roundtrip"}},
     })
