@@ -118,3 +118,27 @@ def test_template_browser_lists_every_workflow_with_its_thumbnail(server, page):
     sizes = page.image_sizes(urls)
     broken = [u for u in urls if sizes[u][0] < 64 or sizes[u][1] < 36]
     assert not broken, f"thumbnails the template browser cannot show: {broken}"
+
+
+def test_the_checks_see_a_broken_workflow(page):
+    """The same checks on a workflow broken three ways: an unknown node, a combo value not in its list, and a
+    link whose ends have different types. Each must be reported (the checks can fail)."""
+    wf = json.loads((ROOT / "workflows" / "kiwi_all_parts.json").read_text())
+    nodes = {n["type"]: n for n in wf["nodes"]}
+    nodes["KiwiVAELoader"]["widgets_values"][0] = "no_such_vae.safetensors"
+    nodes["Note"]["type"] = "KiwiNoSuchNode"
+    # the sampler's KIWI_LATENT wired into Kiwi VAE Decode's vae input (KIWI_VAE) instead of its latent input
+    decode = nodes["KiwiVAEDecode"]
+    vae_in, latent_in = decode["inputs"][0], decode["inputs"][1]
+    wf["links"] = [lk for lk in wf["links"] if lk[0] != vae_in["link"]]
+    for node in wf["nodes"]:
+        for out in node.get("outputs", []):
+            out["links"] = [i for i in out.get("links") or [] if i != vae_in["link"]]
+    link = next(lk for lk in wf["links"] if lk[0] == latent_in["link"])
+    link[4], vae_in["link"], latent_in["link"] = 0, link[0], None
+    state = page.load(wf)
+    problems = "\n".join(state["problems"])
+    assert "KiwiNoSuchNode" in problems and "missing node" in problems, problems
+    assert "vae_name=\"no_such_vae.safetensors\" is not in its list" in problems, problems
+    assert "(KIWI_LATENT) -> " in problems, problems
+    page.close_dialogs()
