@@ -20,7 +20,7 @@ CHROMIUM = os.environ.get("KIWI_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage"]
-VIEWPORT = {"width": 1600, "height": 900}
+VIEWPORT = {"width": 1920, "height": 1080}
 THUMBNAIL_SIZE = (512, 384)
 
 

@@ -39,8 +39,10 @@ def server(tmp_path_factory):
     S.prepare_base(base)
     try:
         with S.running_server(base, COMFYUI) as srv:
-            # a returning user: no first-run template dialog over the canvas, no minimap over the graph
-            for setting, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False)):
+            # a returning user: no first-run template dialog over the canvas, no minimap over the graph, and
+            # node text drawn at any zoom (the screenshots show whole graphs)
+            for setting, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False),
+                                   ("LiteGraph.Canvas.MinFontSizeForLOD", 0)):
                 assert S.request(f"{srv['url']}/settings/{setting}", value)[0] == 200
             yield srv
     except S.ServerError as e:

@@ -5,7 +5,9 @@ it needs ComfyUI's requirements and comfy_kiwi installed) and a temporary base d
 custom_nodes/comfy-kiwi (a symlink to this checkout), tiny models and tiny input files. Checks that
 /object_info lists every Kiwi node, converts each workflow to the API format with the server's own
 node definitions, submits it, expects ``node_errors == {}`` and a successful run. The server is
-always stopped.
+always stopped. Interop with ComfyUI's own nodes: its VAE Decode / Encode, Latent Multiply and Save Latent
+on Kiwi latents, its LoRA code on a trainer-exported LoRA, its progress bar and cancel (websocket
+``progress`` messages and ``/interrupt``).
 """
 
 from __future__ import annotations
