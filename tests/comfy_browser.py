@@ -154,14 +154,15 @@ class FrontendPage:
     def screenshot(self, path: Path, thumbnail: Path | None = None) -> None:
         """The page as the user sees it; ``thumbnail``: the graph alone (focus mode, cropped to the nodes),
         small, as a JPEG for the template browser."""
-        self.close_dialogs()
-        self._redraw()
-        self.page.screenshot(path=str(path))
-        if thumbnail is None:
-            return
         import io
 
         from PIL import Image
+        self.close_dialogs()
+        self._redraw()
+        shot = Image.open(io.BytesIO(self.page.screenshot())).convert("RGB")
+        shot.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)   # a third of the bytes
+        if thumbnail is None:
+            return
         self.page.evaluate("async () => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
         try:
             self._redraw()
