@@ -245,7 +245,7 @@ def _fresh_prompt(object_info, workflow: str, tag: str) -> dict:
     prompt = H.ui_to_prompt(json.loads((ROOT / "workflows" / workflow).read_text()), object_info)
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] == "KiwiMLLMEncode":
+        if isinstance(inputs.get("instruction"), str):
             inputs["instruction"] = f"{inputs['instruction']} ({tag})"
         if node["class_type"] == "KiwiEncodeSource":
             inputs["reference_position"] = "first" if inputs["reference_position"] != "first" else "last"
@@ -254,10 +254,11 @@ def _fresh_prompt(object_info, workflow: str, tag: str) -> dict:
     return prompt
 
 
-LONG_NODES = ("KiwiMLLMEncode", "KiwiEncodeSource", "KiwiSampler", "KiwiVAEDecode", "KiwiJudge")
+LONG_NODES = ("KiwiMLLMEncode", "KiwiEncodeSource", "KiwiSampler", "KiwiVAEDecode", "KiwiJudge", "KiwiVIVAEncode",
+              "KiwiVIVASampler")
 
 
-@pytest.mark.parametrize("workflow", ["kiwi_all_parts.json", "kiwi_edit_then_judge.json"])
+@pytest.mark.parametrize("workflow", ["kiwi_all_parts.json", "kiwi_edit_then_judge.json", "kiwi_viva_edit.json"])
 def test_long_nodes_report_progress_on_comfyuis_bar(server, object_info, listener, workflow):
     prompt = _fresh_prompt(object_info, workflow, "progress")
     status, answer = S.submit(server, prompt, listener.client_id)
