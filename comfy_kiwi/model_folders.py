@@ -29,11 +29,16 @@ KIND_NAMES = {
     "kiwi-release": "a whole Kiwi-Edit release folder",
     "kiwi-embedder": "a Kiwi-Edit source/reference embedder",
     "processor": "a Qwen processor folder",
+    "viva": "VIVA weights",
+    "rvedit": "RVEDiT weights",
+    "imvideoedit": "ImVideoEdit weights",
 }
 LOADER_FOR = {"dit": "Kiwi DiT Loader", "vae": "Kiwi VAE Loader", "mllm": "Kiwi MLLM Loader",
               "lora": "Kiwi LoRA Loader", "kiwi-release": "Kiwi Release Loader"}
 FOLDER_FOR = {"dit": "diffusion_models", "vae": "vae", "mllm": "text_encoders", "lora": "loras",
-              "kiwi-release": "kiwi"}
+              "kiwi-release": "kiwi", "viva": "loras", "rvedit": "loras", "imvideoedit": "loras"}
+# the kinds of file kept in models/loras/, each listed only by the loader that reads it (see weights_kind)
+WEIGHTS_KINDS = ("lora", "viva", "rvedit", "imvideoedit")
 _MAX_DEPTH = 2          # release / MLLM folders may sit one level down (e.g. kiwi/<org>/<name>)
 
 
@@ -91,9 +96,51 @@ def choices(kind: str) -> list[str]:
         own = _find_folders(comfy_adapter.model_folders("text_encoders"), is_mllm_folder)
     else:
         own = comfy_adapter.model_files(FOLDER_FOR[kind])
-    if kind == "lora":
-        return own
+    if kind in WEIGHTS_KINDS:
+        return [name for name in own if weights_kind(name) == kind]
     return own + [RELEASE_PREFIX + r for r in releases]
+
+
+# {path: ((mtime_ns, size), kind)}: a file's kind is read from its header once per version of the file
+_KIND_CACHE: dict[str, tuple[tuple[int, int], str | None]] = {}
+
+
+def _classify_keys(keys: list[str], metadata: dict) -> str | None:
+    if not keys:
+        return None
+    if metadata.get("method") == "imvideoedit" or all(k.startswith("imvideoedit.") for k in keys):
+        return "imvideoedit"
+    if all(k.startswith("rvedit.") for k in keys):
+        return "rvedit"
+    if "viva_in_dim" in metadata or all(k.startswith(("refiner.", "source_mixer.")) for k in keys):
+        return "viva"
+    if sum(".lora_" in k or k.endswith(".alpha") for k in keys) * 2 > len(keys):
+        return "lora"
+    return None
+
+
+def weights_kind(name: str) -> str | None:
+    """Which loader reads the file ``name`` of models/loras/ ("lora" = a DiT LoRA, "viva", "rvedit",
+    "imvideoedit"), or None for a file none of them reads. Safetensors headers only (no tensor is read);
+    remembered until the file changes."""
+    from .loading.files import open_state_dict
+    for root in comfy_adapter.model_folders("loras"):
+        path = Path(root) / name
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stamp, key = (st.st_mtime_ns, st.st_size), str(path)
+        cached = _KIND_CACHE.get(key)
+        if cached is None or cached[0] != stamp:
+            try:
+                state = open_state_dict(path)
+                cached = (stamp, _classify_keys(list(state), state.metadata))
+            except CheckpointError:
+                cached = (stamp, None)
+            _KIND_CACHE[key] = cached
+        return cached[1]
+    return None
 
 
 def resolve(kind: str, name: str) -> Path:
@@ -122,10 +169,10 @@ def _is_lora_file(path: Path) -> bool:
         return False
     from .loading.files import open_state_dict
     try:
-        keys = list(open_state_dict(path))
+        state = open_state_dict(path)
     except CheckpointError:
         return False
-    return bool(keys) and sum(".lora_" in k or k.endswith(".alpha") for k in keys) * 2 > len(keys)
+    return _classify_keys(list(state), state.metadata) == "lora"
 
 
 def identify(path) -> str | None:

@@ -13,11 +13,13 @@ from . import comfy_adapter
 class Progress:
     """``with Progress(total, "sampling") as p: ... p.step()`` — a bar plus an interrupt check."""
 
-    def __init__(self, total: int, desc: str = "", enabled: bool = True):
+    def __init__(self, total: int, desc: str = "", enabled: bool = True, console: bool = True):
+        """``console=False``: ComfyUI's bar only, no tqdm bar elsewhere (for inner loops such as the VAE's,
+        which scripts and the trainer run many times). The interrupt check is always on."""
         self.total = int(total)
         self._comfy = comfy_adapter.progress_bar(self.total) if enabled else None
         self._tqdm = None
-        if enabled and self._comfy is None:
+        if enabled and console and self._comfy is None:
             from tqdm.auto import tqdm
             self._tqdm = tqdm(total=self.total, desc=desc, leave=False)
 

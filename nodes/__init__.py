@@ -4,7 +4,7 @@ One module per feature; each defines its own NODE_CLASS_MAPPINGS / NODE_DISPLAY_
 collected here in menu order.
 """
 
-from . import (decode, imvideoedit, judge, load_parts, load_release, long_video, lora, mllm_encode, prepare_frames,
+from . import (comfy_latent, decode, imvideoedit, judge, load_parts, load_release, long_video, lora, mllm_encode, prepare_frames,
                reference, rewards, rvedit, sampler, source_encode, toy, viva)
 from .common import kiwi
 
@@ -12,7 +12,7 @@ from .common import kiwi
 kiwi("comfy_adapter").register_model_folder("kiwi")
 kiwi("comfy_adapter").register_model_folder("sams")      # Segment Anything folders (Kiwi SAM Loader)
 
-_FEATURES = (load_release, load_parts, lora, prepare_frames, mllm_encode, source_encode, sampler, long_video, decode,
+_FEATURES = (load_release, load_parts, lora, prepare_frames, mllm_encode, source_encode, sampler, long_video, decode, comfy_latent,
              imvideoedit, viva, rvedit, judge, rewards, reference, toy)
 
 NODE_CLASS_MAPPINGS: dict = {}

@@ -8,7 +8,8 @@ nodes cannot use them, and pretending otherwise would fail in confusing ways):
 - KIWI_MLLM          comfy_kiwi.mllm.encoder.MLLMEncoder
 - KIWI_CONDITIONING  comfy_kiwi.pipeline.EditConditioning (MLLM context, optional CFG negative)
 - KIWI_SOURCE        comfy_kiwi.pipeline.SourceConditioning (source + reference latents)
-- KIWI_LATENT        torch.Tensor [1, C, f, h, w]: normalised Wan latents
+- KIWI_LATENT        torch.Tensor [1, C, f, h, w]: normalised Wan latents (to and from ComfyUI's LATENT:
+                     nodes/comfy_latent.py)
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class KiwiImVideoEditLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "weights_name": (kiwi("model_folders").choices("lora"),
+            "weights_name": (kiwi("model_folders").choices("imvideoedit"),
                              tip("The ImVideoEdit weights file (safetensors) in models/loras/.")),
             "dit": (KIWI_DIT, tip("The Wan2.1 T2V DiT the modules were trained on (e.g. Wan2.1-T2V-1.3B).")),
         }}

@@ -38,7 +38,7 @@ class KiwiRVEDiTLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "weights_name": (kiwi("model_folders").choices("lora"),
+            "weights_name": (kiwi("model_folders").choices("rvedit"),
                              tip("The RVEDiT weights file (safetensors) in models/loras/.")),
             "dit": (KIWI_DIT, tip("The DiT the weights were trained with (its fine-tuned DiT file, or the base DiT "
                                   "plus the run's LoRA).")),

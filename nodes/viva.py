@@ -31,7 +31,7 @@ class KiwiVIVALoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "weights_name": (kiwi("model_folders").choices("lora"),
+            "weights_name": (kiwi("model_folders").choices("viva"),
                              tip("The VIVA weights file (safetensors) in models/loras/.")),
             "dit": (KIWI_DIT, tip("The DiT the weights were trained with (its width and patch size must match).")),
         }}

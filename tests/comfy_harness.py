@@ -74,6 +74,13 @@ def is_widget(spec) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES or kind == DYNAMIC_COMBO
 
 
+def has_control_widget(name: str, spec) -> bool:
+    """The frontend adds "control after generate" to widgets asking for it and to every INT named seed /
+    noise_seed; a saved workflow holds its value after theirs."""
+    opts = spec[1] if len(spec) > 1 else {}
+    return bool(opts.get("control_after_generate")) or (spec[0] == "INT" and name in ("seed", "noise_seed"))
+
+
 def _take_widgets(inputs: dict, values: list, out: dict, prefix: str = "") -> None:
     """Assign widget values in declaration order, as the frontend saved them."""
     for section in ("required", "optional"):
@@ -87,7 +94,7 @@ def _take_widgets(inputs: dict, values: list, out: dict, prefix: str = "") -> No
                 return                         # older saves lack trailing optional widgets: defaults apply
             value = values.pop(0)
             out[prefix + name] = value
-            if opts.get("control_after_generate") and values:
+            if has_control_widget(name, spec) and values:
                 values.pop(0)                  # "fixed" / "randomize" ...: frontend-only
             if any(opts.get(flag) for flag in UPLOAD_FLAGS) and values:
                 values.pop(0)                  # the upload button's value

@@ -82,6 +82,13 @@ def _is_widget(spec) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
 
 
+def has_control_widget(name: str, spec) -> bool:
+    """The frontend adds "control after generate" to widgets asking for it and to every INT named seed /
+    noise_seed (a saved workflow then holds one more value after it)."""
+    opts = spec[1] if len(spec) > 1 else {}
+    return bool(opts.get("control_after_generate")) or (spec[0] == "INT" and name in ("seed", "noise_seed"))
+
+
 def kiwi_layout(cls) -> dict:
     """Sockets, widgets and outputs of one of our node classes, in declaration order."""
     types = cls.INPUT_TYPES()
@@ -91,7 +98,7 @@ def kiwi_layout(cls) -> dict:
             if _is_widget(spec):
                 widgets.append(name)
                 wtypes[name] = "COMBO" if isinstance(spec[0], list) else spec[0]
-                if (spec[1] if len(spec) > 1 else {}).get("control_after_generate"):
+                if has_control_widget(name, spec):
                     widgets.append("+control")
             else:
                 inputs.append((name, spec[0], section == "optional"))

@@ -31,6 +31,7 @@ from ..errors import CheckpointError, InputError
 from ..mllm.config import MLLMEncoderConfig
 from ..mllm.preprocess import (IMAGE_MIN_TOKENS, VisionInputs, as_frames, prepare_image,
                                prepare_video, select_frame_indices, smart_resize)
+from ..progress import Progress
 from .parsing import AnswerParseError
 
 __all__ = ["VLMSettings", "VLMRequest", "VLM", "load_vlm", "ask", "AskResult", "GenerateFn"]
@@ -254,10 +255,24 @@ class VLM:
                       video_grid_thw=vis.video_grid_thw.to(dev),
                       second_per_grid_ts=torch.tensor(vis.second_per_grid_ts, dtype=torch.float32, device=dev))
         devices = [dev] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), Progress(request.max_new_tokens, "judging", console=False) as bar:
             torch.manual_seed(int(request.seed))
-            out = self.model.generate(**kw, generation_config=self._generation_config(request))
+            out = self.model.generate(**kw, generation_config=self._generation_config(request),
+                                      stopping_criteria=_token_progress(bar))
         return self.processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _token_progress(bar: Progress):
+    """A stopping criterion that never stops generation: one step of ComfyUI's bar per generated token, and
+    ComfyUI's cancel (which raises) checked between tokens."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class TokenProgress(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            bar.step()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([TokenProgress()])
 
 
 # ---------------------------------------------------------------------------------------------

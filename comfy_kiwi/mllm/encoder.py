@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError
+from ..progress import Progress
 from .config import MLLMEncoderConfig
 from .preprocess import VisionInputs, as_frames, build_vision_inputs
 from .prompt import PromptProcessor, build_messages, choose_mode, num_queries_for
@@ -193,11 +194,15 @@ class MLLMEncoder(nn.Module):
         mode, vision = self.prepare_vision(frames, reference)
         queries = self.queries_for(mode)
         grad = torch.is_grad_enabled() and self.training
-        with torch.set_grad_enabled(grad):
+        # ComfyUI's bar and cancel: the vision tower, then each prompt through the language model
+        with torch.set_grad_enabled(grad), Progress(1 + len(instructions), "MLLM encode", console=False) as bar:
             image_embeds, video_embeds = self.vision_features(vision)
-            contexts = [self.context_from_ids(self.prompt_ids(mode, text, vision, allow_empty), vision,
-                                              image_embeds, video_embeds, queries, mode)
-                        for text in instructions]
+            bar.step()
+            contexts = []
+            for text in instructions:
+                contexts.append(self.context_from_ids(self.prompt_ids(mode, text, vision, allow_empty), vision,
+                                                      image_embeds, video_embeds, queries, mode))
+                bar.step()
         return torch.cat(contexts, dim=0)
 
     def prepare_vision(self, frames, reference=None) -> tuple[str, VisionInputs]:

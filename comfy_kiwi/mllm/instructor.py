@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from ..progress import Progress
 from .preprocess import VisionInputs, as_frames, prepare_image
 
 VIVA_SYSTEM_PROMPT = ("You are a video editing instructor. You will be given the first frame of a video, an "
@@ -85,12 +86,15 @@ class VivaInstructor:
         vision = self.vision(frames, reference)
         grad = torch.is_grad_enabled() and enc.training
         out = []
-        with torch.set_grad_enabled(grad):
+        # ComfyUI's bar and cancel: the vision tower, then each prompt through the language model
+        with torch.set_grad_enabled(grad), Progress(1 + len(texts), "VLM instructor", console=False) as bar:
             image_embeds, _ = enc.vision_features(vision)
+            bar.step()
             for text in texts:
                 ids = enc.processor.input_ids(self.messages(text, reference is not None), vision)
                 hidden = enc.hidden_states(ids, vision, image_embeds, None, None)
                 out.append((hidden, torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)))
+                bar.step()
         return out
 
     def encode_pair(self, instruction: str, frames, reference=None):

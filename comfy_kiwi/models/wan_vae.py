@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..progress import Progress
 from .wan_vae_blocks import (AttentionBlock, CausalConv3d, DownBlock22, Resample, ResidualBlock, RMSNorm,
                              StreamCache, UpBlock22)
 
@@ -326,11 +327,14 @@ class WanVAE(nn.Module):
         x = patchify(frames.to(self.device, self.dtype), self.config.patch_size)   # [B, 3p², F, H/p, W/p]
         cache = StreamCache()
         chunks = []
+        starts = range(0, x.shape[2], TEMPORAL_FACTOR)
         # frame 0 alone, then groups of 4 frames: each chunk yields one latent frame
-        for start in range(0, x.shape[2], TEMPORAL_FACTOR):
-            cache.start_chunk()
-            lo = 0 if start == 0 else start - TEMPORAL_FACTOR + 1
-            chunks.append(self.encoder(x[:, :, lo:start + 1], cache))       # [B, 2z, 1, h, w]
+        with Progress(len(starts), "VAE encode", console=False) as bar:
+            for start in starts:
+                cache.start_chunk()
+                lo = 0 if start == 0 else start - TEMPORAL_FACTOR + 1
+                chunks.append(self.encoder(x[:, :, lo:start + 1], cache))       # [B, 2z, 1, h, w]
+                bar.step()
         del cache, x
         moments = self.conv1(torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0])
         mu = moments[:, :self.z_dim].float()
@@ -365,12 +369,14 @@ class WanVAE(nn.Module):
                           dtype=torch.float32, device=out_device)
         cache = StreamCache()
         pos = 0
-        for i in range(t):   # one latent frame at a time: 1 pixel frame first, then 4 each
-            cache.start_chunk()
-            y = unpatchify(self.decoder(z[:, :, i:i + 1], cache, first_chunk=(i == 0)), p)
-            out[:, :, pos:pos + y.shape[2]] = y
-            pos += y.shape[2]
-            del y
+        with Progress(t, "VAE decode", console=False) as bar:
+            for i in range(t):   # one latent frame at a time: 1 pixel frame first, then 4 each
+                cache.start_chunk()
+                y = unpatchify(self.decoder(z[:, :, i:i + 1], cache, first_chunk=(i == 0)), p)
+                out[:, :, pos:pos + y.shape[2]] = y
+                pos += y.shape[2]
+                del y
+                bar.step()
         return out
 
 
