@@ -16,6 +16,7 @@ import torch
 from . import comfy_adapter
 from .errors import CheckpointError, InputError
 from .frames import frames_to_vae, pad_reference, prepare_frames, vae_to_frames
+from .placement import on_device
 from .sampling import flow_sigmas, noise_like, sample_euler, start_latents
 from .sampling.step_cache import step_cache
 
@@ -188,7 +189,12 @@ def _sample_refined(dit, cond: EditConditioning, source: SourceConditioning, set
 
 
 class EditPipeline:
-    """All parts of an edit: DiT (with source/reference embedders), VAE and MLLM encoder."""
+    """All parts of an edit: DiT (with source/reference embedders), VAE and MLLM encoder.
+
+    Each stage (MLLM encode, VAE encode, sampling, VAE decode) runs its own model on ``device``; a model whose
+    home is the CPU (``from_pretrained(offload=True)``, the default on a GPU) is moved there for its stage only
+    (``placement.on_device``), so one stage's weights are on the GPU at a time — what ``plan`` assumes. With
+    block swap the DiT stays home and only its swapped blocks move."""
 
     def __init__(self, dit, vae, mllm=None, device: torch.device | str | None = None,
                  offload_mllm: bool | None = None):
@@ -199,10 +205,12 @@ class EditPipeline:
 
     @classmethod
     def from_pretrained(cls, folder, dtype: torch.dtype | None = torch.bfloat16, device=None,
-                        attention: str = "auto", dit_device=None) -> "EditPipeline":
+                        attention: str = "auto", dit_device=None, offload: bool | None = None) -> "EditPipeline":
         """Load a whole Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, processor/, embedders).
 
-        ``dit_device="cpu"`` keeps the DiT in RAM (for block swap: see ``EditSettings.block_swap``)."""
+        ``offload`` (default: on when ``device`` is not the CPU) keeps every model in RAM between its stages;
+        off keeps DiT and VAE on ``device`` (faster for repeated edits, needs room for all at once).
+        ``dit_device="cpu"`` keeps the DiT in RAM regardless (for block swap: see ``EditSettings.block_swap``)."""
         from .loading.dit_loader import load_dit
         from .loading.inspect import is_release_folder
         from .loading.vae_loader import load_vae
@@ -217,8 +225,9 @@ class EditPipeline:
                 f"{folder}: not a complete Kiwi-Edit release folder; missing part(s): {', '.join(missing)} "
                 "(expected transformer/, vae/, mllm_encoder/, processor/, source_embedder/, ref_embedder/).")
         device = torch.device(device) if device is not None else comfy_adapter.compute_device()
-        dit = load_dit(folder, dtype=dtype, device=dit_device or device, attention=attention)
-        vae = load_vae(folder / "vae", dtype=dtype, device=device)
+        home = torch.device("cpu") if (device.type != "cpu" if offload is None else offload) else device
+        dit = load_dit(folder, dtype=dtype, device=dit_device or home, attention=attention)
+        vae = load_vae(folder / "vae", dtype=dtype, device=home)
         mllm = load_mllm_encoder(folder, dtype=dtype, device="cpu" if device.type != "cpu" else device)
         return cls(dit, vae, mllm, device=device)
 
@@ -251,7 +260,7 @@ class EditPipeline:
     def encode_video(self, frames: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         """Frames [F,H,W,3] in 0..1 → normalised latents [1, C, f, h, w]."""
         x = frames_to_vae(frames).to(self.device, model_dtype(self.vae))
-        with torch.no_grad():
+        with torch.no_grad(), on_device(self.vae, self.device):
             return self.vae.encode(x, tiled=tiled)
 
     def encode_source(self, frames: torch.Tensor, reference=None, reference_first: bool | None = None,
@@ -267,7 +276,7 @@ class EditPipeline:
         return SourceConditioning(src, ref, reference_first)
 
     def decode(self, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), on_device(self.vae, self.device):
             x = self.vae.decode(latents.to(self.device, model_dtype(self.vae)), tiled=tiled)
         return vae_to_frames(x)
 
@@ -278,5 +287,6 @@ class EditPipeline:
         frames = self.prepare(frames, s)
         cond = self.encode_instruction(instruction, frames, reference, with_negative=s.cfg != 1.0)
         source = self.encode_source(frames, reference, tiled=s.vae_tiled)
-        latents = sample_edit(self.dit, cond, source, s, device=self.device)
+        with nullcontext() if s.block_swap else on_device(self.dit, self.device):
+            latents = sample_edit(self.dit, cond, source, s, device=self.device)
         return EditResult(self.decode(latents, tiled=s.vae_tiled), latents, cond.context, s)

@@ -131,3 +131,29 @@ def test_bad_inputs(pipe, frames):
         pipe.edit(frames[:0], "make it red", settings=FAST)
     with pytest.raises(InputError, match="32"):
         pipe.edit(tiny_video_frames(5, 20, 20), "make it red", settings=FAST)
+
+
+def test_each_stage_puts_only_its_own_model_on_the_device(pipe, frames, monkeypatch):
+    """What ``plan`` assumes on a GPU: VAE encode, sampling and VAE decode each move their own model to the compute
+    device for the stage (``placement.on_device``; a no-op where the model already lives there, as on this CPU) and
+    nothing else; with block swap the DiT is left to the swapper. Mutation tried: sampling without the DiT's
+    stage → the order below loses "dit" and the test fails."""
+    from contextlib import contextmanager
+
+    import comfy_kiwi.pipeline as pipeline_module
+    staged = []
+
+    @contextmanager
+    def record(module, device=None):
+        name = {id(pipe.dit): "dit", id(pipe.vae): "vae", id(pipe.mllm): "mllm"}[id(module)]
+        assert not staged or staged[-1][1] == "done", f"{name} staged inside {staged[-1][0]}'s stage"
+        staged.append((name, "open"))
+        yield device
+        staged[-1] = (name, "done")
+
+    monkeypatch.setattr(pipeline_module, "on_device", record)
+    pipe.edit(frames, "make it red", settings=EditSettings(steps=2))
+    assert [n for n, _ in staged] == ["vae", "dit", "vae"]
+    staged.clear()
+    pipe.edit(frames, "make it red", settings=EditSettings(steps=2, block_swap=1))
+    assert [n for n, _ in staged] == ["vae", "vae"]
