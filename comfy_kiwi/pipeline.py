@@ -17,7 +17,7 @@ from . import comfy_adapter
 from .errors import CheckpointError, InputError
 from .frames import frames_to_vae, pad_reference, prepare_frames, vae_to_frames
 from .placement import on_device
-from .sampling import flow_sigmas, noise_like, sample_euler, start_latents
+from .sampling import flow_sigmas, noise_like, sample_euler, sigma_to_timestep, start_latents
 from .sampling.step_cache import step_cache
 
 
@@ -133,8 +133,7 @@ def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, setting
 
     def velocity(x: torch.Tensor, sigma: float, i: int) -> torch.Tensor:
         xb = torch.cat([x, x]) if use_cfg else x
-        # t = 1000σ in the model's dtype, as the release rounds it (bf16) before the time embedding
-        t = torch.full((xb.shape[0],), 1000.0 * sigma, device=device).to(dtype)
+        t = sigma_to_timestep(sigma, xb.shape[0], dtype, device)
         v = dit(xb, t, ctx, source_latents=src, source_scale=sigma,
                 reference_latents=ref, reference_first=source.reference_first)
         if use_cfg:
@@ -175,7 +174,7 @@ def _sample_refined(dit, cond: EditConditioning, source: SourceConditioning, set
                    reference_first=source.reference_first)
 
     def velocity(x: torch.Tensor, sigma: float, i: int) -> torch.Tensor:
-        t = torch.full((x.shape[0],), 1000.0 * sigma, device=device).to(dtype)
+        t = sigma_to_timestep(sigma, x.shape[0], dtype, device)
         v = call(hidden, cond.context_mask, x, t, sigma)
         if use_cfg:
             v_neg = call(neg, cond.negative_mask, x, t, sigma)

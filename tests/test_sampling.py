@@ -105,3 +105,32 @@ def test_progress_and_interrupt_inside_comfyui(monkeypatch):
     with pytest.raises(Interrupted):
         sample_euler(lambda x, s, i: torch.ones_like(x), x, flow_sigmas(5), progress=True)
     assert updates == [1, 1] and len(checks) == 3  # one check on entry, one per finished step
+
+
+def test_sigma_to_timestep_is_the_one_rule_rounded_to_the_model_dtype():
+    """t = 1000·σ in float32, then rounded to the DiT's dtype. Mutations tried: rounding through bf16 for every
+    dtype (the old trainer-evaluation rule) → the fp32 value differs; multiplying tensors in float64 → the
+    per-sample values lose their float32 product."""
+    from comfy_kiwi.sampling import sigma_to_timestep
+    s = 0.9504
+    t32 = sigma_to_timestep(s, 3)
+    assert t32.dtype == torch.float32 and t32.shape == (3,) and torch.equal(t32, torch.full((3,), 1000.0 * s))
+    tb = sigma_to_timestep(s, 1, torch.bfloat16)
+    assert tb.dtype == torch.bfloat16 and tb.item() == 952.0          # bf16 spacing is 4 near 950
+    per_sample = torch.tensor([0.25, 0.5004], dtype=torch.float32)
+    assert torch.equal(sigma_to_timestep(per_sample), per_sample * 1000)
+
+
+def test_no_other_place_turns_sigma_into_a_timestep():
+    """Every sampler and trainer goes through ``sigma_to_timestep`` (issue 20: it was written in 8 places with
+    3 rounding behaviours). The Kiwi release's training draws (``training/kiwi_numerics.py``) are their own
+    documented rule."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"1000(\.0)?\s*\*\s*(sigma|s\b|draws\[\"sigma\"\])|sigma\s*\*\s*1000")
+    found = [f"{p.relative_to(root)}:{i}" for folder in ("comfy_kiwi", "trainer", "nodes")
+             for p in (root / folder).rglob("*.py")
+             if p.name not in ("schedule.py", "kiwi_numerics.py") and "testing" not in p.parts
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, found

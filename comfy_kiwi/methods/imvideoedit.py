@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 from ..models.wan_dit import CastLinear, WanDiT, layer_norm, rope_tables
-from ..sampling import flow_sigmas, noise_like, sample_euler
+from ..sampling import flow_sigmas, noise_like, sample_euler, sigma_to_timestep
 from ..sampling.step_cache import step_cache as cached_steps
 
 PREFIX = "imvideoedit."
@@ -229,7 +229,7 @@ def sample(dit: WanDiT, source_latents: torch.Tensor, context: torch.Tensor, ste
     x = noise_like(src.shape, seed, dtype=dtype, device=dit.device)
     sigmas = flow_sigmas(steps, shift, schedule)
     with cached_steps(dit, step_cache) as cache:
-        return sample_euler(lambda x, s, i: paired_velocity(dit, src, x, 1000.0 * s, ctx), x, sigmas,
+        return sample_euler(lambda x, s, i: paired_velocity(dit, src, x, sigma_to_timestep(s, x.shape[0], dtype, x.device), ctx), x, sigmas,
                             progress=progress, desc="ImVideoEdit", step_cache=cache)
 
 

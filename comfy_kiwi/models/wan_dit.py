@@ -20,6 +20,7 @@ from torch import nn
 
 from ..attention import BACKENDS, attention
 from ..errors import InputError
+from ..sampling.schedule import sigma_to_timestep
 from .conditioning import ConditionEmbedder
 from .wan_config import WanDiTConfig
 
@@ -449,7 +450,7 @@ class WanDiT(nn.Module):
             if s.numel() not in (1, t.shape[0]):
                 raise InputError(f"source_scale must be a number or [B] = [{t.shape[0]}], got shape {tuple(s.shape)}.")
         if self.source_embedder.gamma is not None:         # the paper's γ(t), keyed by the sample's 1000·σ
-            s = self.source_embedder.gamma(1000.0 * s.reshape(-1))
+            s = self.source_embedder.gamma(sigma_to_timestep(s.reshape(-1)))
         return s.reshape(-1, 1, 1)
 
     def _context_mode(self, width: int) -> str:

@@ -52,6 +52,20 @@ def timesteps_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas * NUM_TRAIN_TIMESTEPS
 
 
+def sigma_to_timestep(sigma, batch: int = 1, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The DiT's timestep for noise level ``sigma``: t = 1000·σ, one rule for every sampler and trainer.
+
+    ``sigma`` is a number (one sampling step: a ``[batch]`` tensor of it is returned) or a tensor of per-sample
+    noise levels (training draws: multiplied in its own dtype). Rounding: t is computed in float32 and then
+    rounded to ``dtype``, the DiT's compute dtype — exact for fp32 models; for bf16/fp16 models the nearest
+    value of that dtype, as the released Kiwi-Edit code feeds its time embedding (t = 950.4 → 952 in bf16)."""
+    if torch.is_tensor(sigma):
+        t = sigma.float() * NUM_TRAIN_TIMESTEPS
+    else:
+        t = torch.full((batch,), NUM_TRAIN_TIMESTEPS * float(sigma))
+    return t.to(device=device if device is not None else t.device, dtype=dtype)
+
+
 def training_sigmas(shift: float = 5.0, num: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
     """The 1000-entry schedule training draws from: s = linspace(1, 0, num+1)[:-1], shifted."""
     return shift_sigmas(torch.linspace(1.0, 0.0, num + 1, dtype=torch.float64)[:-1], shift)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..frames import vae_to_frames
-from ..sampling import flow_sigmas, noise_like, sample_euler, start_latents
+from ..sampling import flow_sigmas, noise_like, sample_euler, sigma_to_timestep, start_latents
 from ..sampling.step_cache import step_cache as cached_steps
 from .codec import ToyPatchCodec
 from .data import ToySample, encode_contexts, stack
@@ -43,7 +43,7 @@ def edit_samples(dit, encoder, samples: list[ToySample], source_mode: str = "sig
                 x = start_latents(x, float(sigmas[0]), src)
 
             def velocity(x, sigma, i, ctx=ctx, src=src, ref=ref):
-                t = torch.full((x.shape[0],), 1000.0 * sigma)
+                t = sigma_to_timestep(sigma, x.shape[0], next(dit.parameters()).dtype)
                 return dit_velocity(dit, x, t, torch.full((x.shape[0],), float(sigma)), ctx, src, ref, source_mode)
 
             with cached_steps(dit, step_cache) as cache:

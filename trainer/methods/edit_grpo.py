@@ -27,6 +27,7 @@ from comfy_kiwi.errors import InputError
 from comfy_kiwi.methods import edit_grpo as eg
 from comfy_kiwi.methods import flow_grpo as fg
 from comfy_kiwi.methods import viva
+from comfy_kiwi.sampling import sigma_to_timestep
 
 from .base import TrainModule
 from .viva import VivaMethod
@@ -125,7 +126,7 @@ class EditGRPOModule(TrainModule):
 
         def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
             g = x.shape[0]
-            t = torch.full((g,), 1000.0 * sigma, device=x.device)
+            t = sigma_to_timestep(sigma, g, dtype, x.device)
             ctx = self.refiner.refine(hidden.expand(g, -1, -1), t, mask.expand(g, -1))
             src = None if self.dit.source_mixer is None else source.expand(g, -1, -1, -1, -1).to(dtype)
             return self.dit(x.to(dtype), t, ctx.to(dtype), source_latents=src, reference_latents=ref)

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.methods import imvideoedit as ive
+from comfy_kiwi.sampling import sigma_to_timestep
 
 from .base import TrainingMethod, TrainModule, flow_match_loss, noised
 
@@ -53,7 +54,7 @@ class ImVideoEditModule(TrainModule):
         x0, src, ctx = batch["target"], batch["source"], batch["context"]
         dtype = self.dit.dtype
         x_t = noised(x0, draws["noise"], draws["sigma"]).to(dtype)
-        v = ive.paired_velocity(self.dit, src.to(dtype), x_t, 1000.0 * draws["sigma"].to(x0.device), ctx)
+        v = ive.paired_velocity(self.dit, src.to(dtype), x_t, sigma_to_timestep(draws["sigma"].to(x0.device), dtype=dtype), ctx)
         return flow_match_loss(v, x0, draws["noise"].to(x0.device))
 
 

@@ -29,6 +29,7 @@ import torch
 
 from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.errors import InputError
+from comfy_kiwi.sampling import sigma_to_timestep
 from comfy_kiwi.training import kiwi_numerics as kn
 from comfy_kiwi.training.dit_lora_train import DEFAULT_TARGETS
 
@@ -323,7 +324,7 @@ class KiwiMethod(TrainingMethod):
         x = noise_like(shape, seed, dtype=torch.float32, device=batch["target"].device)
 
         def velocity(x, sigma, i):
-            t = torch.full((1,), 1000.0 * sigma, device=x.device).to(torch.bfloat16).float()
+            t = sigma_to_timestep(sigma, 1, module.dit.dtype, x.device)
             return module.predict(x, t, torch.tensor([sigma]), context, batch, ref).float()
         return sample_euler(velocity, x, flow_sigmas(steps, shift), progress=False)
 

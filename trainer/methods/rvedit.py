@@ -27,6 +27,7 @@ from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.errors import InputError
 from comfy_kiwi.methods.rvedit import AlignmentConfig, CrossAttentionTap, RoutedContext, symmetric_info_nce
 from comfy_kiwi.methods.rvedit_streams import RVEDiTStreams
+from comfy_kiwi.sampling import sigma_to_timestep
 
 from .base import TrainingMethod, TrainModule, flow_match_loss, noised
 from .dit_state import load_dit_entries, save_dit
@@ -84,16 +85,16 @@ class RVEDiTModule(TrainModule):
         """X_e: the (training) MLLM on the instruction and the source frames, with gradients."""
         return mllm_tokens(self.mllm, batch["prompt"], batch["mllm_frames"])
 
-    def predict(self, x_t, t, batch) -> torch.Tensor:
+    def predict(self, x_t, t, sigma, batch) -> torch.Tensor:
         """The editing pass (routing set here; the caller holds the hooks)."""
         dtype = self.dit.dtype
         x_e = self.editing_tokens(batch).to(dtype)
         s = self.streams.streams(self.dit, batch["source"], batch["context"])
         self.routing.set_streams(x_e, s.x_v.to(dtype), s.x_l.to(dtype))
-        return self.dit(x_t.to(dtype), t, x_e, source_latents=self._source(batch), source_scale=t / 1000.0)
+        return self.dit(x_t.to(dtype), t, x_e, source_latents=self._source(batch), source_scale=sigma)
 
     @torch.no_grad()
-    def reference_features(self, x_t, t, batch, block: int) -> torch.Tensor:
+    def reference_features(self, x_t, t, sigma, batch, block: int) -> torch.Tensor:
         """Cross-attention output of ``block`` in the no-grad pass conditioned on the target video + caption:
         X_e* = MLLM(target caption, target frames), X_v* = X_v(target latents), X_ℓ* = X_ℓ(target caption)."""
         dtype = self.dit.dtype
@@ -101,7 +102,7 @@ class RVEDiTModule(TrainModule):
         s = self.streams.streams(self.dit, batch["target"], batch["target_context"])
         self.routing.set_streams(x_e, s.x_v.to(dtype), s.x_l.to(dtype))
         with CrossAttentionTap(self.dit, [block], detach=True) as tap:
-            self.dit(x_t.to(dtype), t, x_e, source_latents=self._source(batch), source_scale=t / 1000.0)
+            self.dit(x_t.to(dtype), t, x_e, source_latents=self._source(batch), source_scale=sigma)
         return tap.outputs[block]
 
     @torch.no_grad()
@@ -112,13 +113,13 @@ class RVEDiTModule(TrainModule):
     def forward(self, batch: dict, draws: dict) -> torch.Tensor:
         x0 = batch["target"].float()
         noise, sigma = draws["noise"].to(x0.device), draws["sigma"].to(x0.device)
-        x_t, t = noised(x0, noise, sigma), 1000.0 * sigma
+        x_t, t = noised(x0, noise, sigma), sigma_to_timestep(sigma, dtype=self.dit.dtype)
         if not self.align.loss_weight:
-            return flow_match_loss(self.predict(x_t, t, batch), x0, noise)
+            return flow_match_loss(self.predict(x_t, t, sigma, batch), x0, noise)
         block = int(draws["align_block"])
-        b = self.reference_features(x_t, t, batch, block)
+        b = self.reference_features(x_t, t, sigma, batch, block)
         with CrossAttentionTap(self.dit, [block]) as tap:
-            pred = self.predict(x_t, t, batch)
+            pred = self.predict(x_t, t, sigma, batch)
         gen = torch.Generator().manual_seed(int(draws["align_seed"]))
         align = symmetric_info_nce(tap.outputs[block], b, self.align.tau, self.align.max_positions, gen)
         return flow_match_loss(pred, x0, noise) + self.align.loss_weight * align

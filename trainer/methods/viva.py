@@ -24,6 +24,7 @@ from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.errors import InputError
 from comfy_kiwi.methods import viva
 from comfy_kiwi.methods.viva_loss import POOLS, masked_flow_matching_loss
+from comfy_kiwi.sampling import sigma_to_timestep
 
 from .base import TrainingMethod, TrainModule, noised
 from .dit_state import load_dit_entries, save_dit
@@ -65,7 +66,7 @@ class VivaModule(TrainModule):
     def forward(self, batch: dict, draws: dict) -> torch.Tensor:
         x0 = batch["target"].float()
         noise, sigma = draws["noise"].to(x0.device), draws["sigma"].to(x0.device)
-        t = 1000.0 * sigma
+        t = sigma_to_timestep(sigma, dtype=self.dit.dtype)
         pred = self.predict(noised(x0, noise, sigma), t, self.context(batch, t, draws.get("drop")), batch)
         return masked_flow_matching_loss(pred, noise - x0, batch.get("mask"), self.options.mask_weight,
                                          self.options.mask_pool)
