@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import KiwiError
@@ -20,8 +21,15 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def prog_name(package: str) -> str:
+    """What ``usage:`` calls the program: the console script's own name (``comfy-kiwi``), or
+    ``python -m <package>`` when run as a module."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return f"python -m {package}" if name in ("", "-c", "__main__.py") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m comfy_kiwi",
+    p = argparse.ArgumentParser(prog=prog_name("comfy_kiwi"),
                                 description="Instruction- and reference-guided video editing on Wan DiTs.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     info = sub.add_parser("info", help="describe a model file or folder as JSON (format, architecture, dtype)")
