@@ -28,6 +28,17 @@ def prog_name(package: str) -> str:
     return f"python -m {package}" if name in ("", "-c", "__main__.py") else name
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` only where it says something: not for flags, not for None, not where the help
+    already states its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog_name("comfy_kiwi"),
                                 description="Instruction- and reference-guided video editing on Wan DiTs.")
@@ -43,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_judge_parser(sub)
     add_plan_parser(sub)
     add_toy_data_parser(sub)
+    for verb in sub.choices.values():
+        verb.formatter_class = HelpFormatter
     return p
 
 

@@ -3,7 +3,6 @@ or, with ``--imvideoedit``, through :mod:`comfy_kiwi.methods.imvideoedit_pipelin
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -12,14 +11,13 @@ import torch
 
 from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
-
+from .placement import parse_device
 
 
 def add_edit_parser(sub) -> None:
     from .pipeline import EditSettings
     d = EditSettings()
-    p = sub.add_parser("edit", help="edit a video (or image) with an instruction and an optional reference",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("edit", help="edit a video (or image) with an instruction and an optional reference")
     p.add_argument("--model", default=None,
                    help="a Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...); with --imvideoedit, "
                         "the Wan2.1 T2V DiT (file or folder) the ImVideoEdit weights were trained on; "
@@ -31,24 +29,30 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--reference", action="append", default=None,
                    help="reference image (repeat for several); switches to reference-guided editing")
     p.add_argument("--out", required=True, help="output .mp4 (a one-frame edit may also be .png/.jpg)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--shift", type=float, default=d.shift)
+    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps; the release uses 50")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the starting noise (torch.randn on a CPU generator): same seed, same edit")
+    p.add_argument("--shift", type=float, default=d.shift,
+                   help="σ schedule shift: σ = shift·s/(1+(shift−1)·s); larger spends more steps at high noise")
     p.add_argument("--cfg", type=float, default=d.cfg, help="1.0 disables guidance (the release)")
     p.add_argument("--schedule", choices=["kiwi", "diffusers"], default=d.schedule,
                    help="σ_min 0 (kiwi) or 0.003/1.002 (diffusers release)")
-    p.add_argument("--denoise", type=float, default=d.denoise)
+    p.add_argument("--denoise", type=float, default=d.denoise,
+                   help="share of the schedule to run, in (0, 1]: below 1 starts from the source latents noised "
+                        "to that level, keeping more of the source")
     p.add_argument("--frames", type=int, default=d.num_frames,
                    help="use the first N source frames (4k+1); 0 = all")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per-frame pixel budget (W·H)")
     p.add_argument("--fps", type=float, default=None, help="output fps (default: the source's)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None, help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--attention", default="auto", help="auto, sdpa, xformers, flash, sage")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None,
+                   help="compute dtype (default: bf16 on a GPU, fp16 where it lacks bf16, fp32 on the CPU)")
+    p.add_argument("--attention", default="auto",
+                   help="attention kernel: auto (the fastest installed), sdpa, xformers, flash, sage")
     p.add_argument("--tiled-vae", action="store_true", help="encode/decode the VAE in tiles (less memory)")
     p.add_argument("--block-swap", type=int, default=0,
-                   help="DiT blocks kept in CPU RAM and moved to the GPU one at a time (less VRAM, slower); "
-                        "see `python -m comfy_kiwi plan` for a value that fits your card")
+                   help="DiT blocks kept in CPU RAM and moved to the GPU one at a time (less VRAM, slower; "
+                        "default 0: none); see `python -m comfy_kiwi plan` for a value that fits your card")
     p.add_argument("--window", type=int, default=None,
                    help="long videos (InstructX): edit in windows of this many frames (4k+1), each window "
                         "starting from the previous window's last edited frame; use with --frames 0 for all frames")
@@ -81,7 +85,7 @@ def run_edit(args) -> int:
     if not args.instruction.strip():
         raise InputError("--instruction is empty; say what to change, e.g. \"make the car red\".")
     _check_imvideoedit_options(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
 
     if args.window is not None and (args.imvideoedit or args.save_latents):
@@ -99,6 +103,8 @@ def run_edit(args) -> int:
     if args.imvideoedit and args.model is None:
         raise InputError("--imvideoedit needs --model: the Wan2.1 T2V DiT the ImVideoEdit weights were trained on.")
     toy_model = toy.toy_model_folder(args.model)      # None unless --model is absent or a toy folder
+    if args.model is None:
+        toy.check_default_model_input(frames, args.video)
     print(f"loading {toy_model or args.model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
     if args.imvideoedit:
         result = _run_imvideoedit(args, frames, settings, dtype, device)
