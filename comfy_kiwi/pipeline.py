@@ -273,6 +273,11 @@ class EditPipeline:
     def edit(self, frames: torch.Tensor, instruction: str, reference=None,
              settings: EditSettings | None = None) -> EditResult:
         s = settings or EditSettings()
+        has_reference = reference is not None and not (isinstance(reference, (list, tuple)) and not reference)
+        if has_reference and getattr(self.dit, "ref_embedder", False) is None:
+            raise InputError("a reference image was given, but this model has no reference branch (no "
+                             "ref_embedder weights, as in the instruct-only release); edit without a reference, "
+                             "or load the instruct-reference or reference-only release.")
         frames = self.prepare(frames, s)
         cond = self.encode_instruction(instruction, frames, reference, with_negative=s.cfg != 1.0)
         source = self.encode_source(frames, reference, tiled=s.vae_tiled)
