@@ -69,6 +69,10 @@ def run_verb(parser: argparse.ArgumentParser, argv=None) -> int:
     except KiwiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:        # a file the system refused (permissions, a full disk, a file where a folder was)
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 def main(argv=None) -> int:

@@ -3,15 +3,22 @@ or, with ``--imvideoedit``, through :mod:`comfy_kiwi.methods.imvideoedit_pipelin
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
-import torch
+from PIL import Image
 
 from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
 from .placement import parse_device
+from .user_text import check_user_text
+
+MAX_STEPS = 1000            # the flow schedule's 1000 training timesteps; more steps resolve nothing new
 
 
 def add_edit_parser(sub) -> None:
@@ -82,9 +89,12 @@ def run_edit(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".png", ".jpg", ".jpeg", ".webp"):
         raise InputError(f"--out {out}: use an .mp4 (or .mov/.mkv/.webm) file, or .png/.jpg for one frame.")
+    check_user_text(args.instruction, "--instruction")
     if not args.instruction.strip():
         raise InputError("--instruction is empty; say what to change, e.g. \"make the car red\".")
     _check_imvideoedit_options(args)
+    _check_numbers(args)
+    _check_output_paths(args)
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
 
@@ -124,18 +134,103 @@ def run_edit(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
         from .frames import to_pil
-        to_pil(result.frames[0]).save(out)
+        with _replacing(out) as tmp:
+            to_pil(result.frames[0]).save(tmp, format=Image.registered_extensions()[out.suffix.lower()])
     else:
-        write_video(out, result.frames, args.fps or fps)
+        write_video(out, result.frames, args.fps or fps)       # writes a temporary file, then renames it
     if args.save_latents:
-        save_file({"latents": result.latents.float().cpu().contiguous(),
-                   "context": result.context.float().cpu().contiguous()}, args.save_latents)
+        latents = Path(args.save_latents)
+        latents.parent.mkdir(parents=True, exist_ok=True)
+        with _replacing(latents) as tmp:
+            save_file({"latents": result.latents.float().cpu().contiguous(),
+                       "context": result.context.float().cpu().contiguous()}, str(tmp))
     report = {"out": str(out), "frames": int(result.frames.shape[0]),
               "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
               "latents": None if result.latents is None else list(result.latents.shape)}
     report.update(toy.judge_report(args.video, args.instruction, refs, result.frames))   # toy videos only
     print(json.dumps(report))
     return 0
+
+
+def _check_numbers(args) -> None:
+    """Every number before anything loads: NaN, infinities and values no edit can use are named here."""
+    def bad(flag, value, accepted):
+        raise InputError(f"{flag} {value}: {accepted}.")
+    for flag, value in (("--shift", args.shift), ("--cfg", args.cfg), ("--denoise", args.denoise)):
+        if not math.isfinite(value):
+            bad(flag, value, "must be a finite number")
+    if not 1 <= args.steps <= MAX_STEPS:
+        bad("--steps", args.steps, f"use 1 … {MAX_STEPS} denoising steps (the release uses 50)")
+    if args.shift <= 0:
+        bad("--shift", args.shift, "must be > 0 (the release uses 5)")
+    if args.cfg < 0:
+        bad("--cfg", args.cfg, "must be ≥ 0 (1.0 disables guidance)")
+    if not 0 < args.denoise <= 1:
+        bad("--denoise", args.denoise, "must be in (0, 1]")
+    if not 0 <= args.seed < 2 ** 64:
+        bad("--seed", args.seed, "must be in 0 … 2^64 − 1")
+    if args.frames < 0:
+        bad("--frames", args.frames, "must be ≥ 0 (0 = every frame)")
+    if args.max_pixels < 32 * 32:
+        bad("--max-pixels", args.max_pixels, "must be at least 1024 (32×32, the smallest frame)")
+    if args.fps is not None and not (math.isfinite(args.fps) and 0 < args.fps <= 1000):
+        bad("--fps", args.fps, "must be a frame rate in (0, 1000]")
+    if args.window is not None and (args.window < 5 or args.window % 4 != 1):
+        bad("--window", args.window, "must be 4k+1 frames and at least 5 (e.g. 81)")
+    if args.text_len is not None and not 1 <= args.text_len <= 4096:
+        bad("--text-len", args.text_len, "must be in 1 … 4096 (Wan uses 512)")
+
+
+def _check_output_paths(args) -> None:
+    """Outputs never replace an input, and their folder is writable, before minutes of work."""
+    inputs = {"--video": args.video, "--model": args.model, "--imvideoedit": args.imvideoedit, "--vae": args.vae}
+    inputs.update({"--reference": r for r in args.reference or []})
+    outputs = {"--out": args.out}
+    if args.save_latents:
+        if Path(args.save_latents).suffix.lower() != ".safetensors":
+            raise InputError(f"--save-latents {args.save_latents}: use a .safetensors file name.")
+        outputs["--save-latents"] = args.save_latents
+    for flag, path in outputs.items():
+        path = Path(path).expanduser()
+        for other, given in inputs.items():
+            if given and _same_file(path, Path(given).expanduser()):
+                raise InputError(f"{flag} {path} is the {other} input; write the result to another file.")
+        if path.is_dir():
+            raise InputError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'edited.mp4'}.")
+        _check_writable_folder(path, flag)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _check_writable_folder(path: Path, flag: str) -> None:
+    """The nearest existing folder above ``path`` takes a new file (probed; nothing is left behind)."""
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kiwi-write-check-"):
+            pass
+    except OSError as e:
+        raise InputError(f"{flag} {path}: cannot write there ({e.strerror or e}).") from None
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Write to a temporary file beside ``path``, then rename it over ``path``: an existing file is
+    replaced only by a complete new one, and a failed write leaves nothing behind."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_imvideoedit_options(args) -> None:
