@@ -67,12 +67,12 @@ def run_verb(parser: argparse.ArgumentParser, argv=None) -> int:
     try:
         return int(args.run(args) or 0)
     except KiwiError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        message = str(e)
     except OSError as e:        # a file the system refused (permissions, a full disk, a file where a folder was)
-        where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        message = f"cannot access{f' {e.filename}' if e.filename else ''}: {e.strerror or e}"
+    # a path with undecodable bytes (surrogates) must not turn the error line itself into a crash
+    print("error: " + message.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+    return 2
 
 
 def main(argv=None) -> int:

@@ -107,6 +107,9 @@ def _load(args, extra: dict | None = None):
 def _train(args) -> int:
     from .loop import train
     cfg = _load(args, {"schedule": {"max_steps": args.max_steps}} if args.max_steps else None)
+    if args.resume not in (None, "auto") and not Path(args.resume).exists():    # before models load and caches fill
+        raise InputError(f"--resume {args.resume}: no such checkpoint folder; give a checkpoints/step-N folder "
+                         "of this run, or 'auto' for its latest one.")
     result = train(cfg, resume=args.resume)
     print(f"done: step {result['step']}, outputs in {result['output_dir']}")
     return 0
@@ -121,6 +124,11 @@ def _export(args) -> int:
 
 def _memory(args) -> int:
     from .memory import estimate, estimate_kiwi_lora, format_estimate, format_kiwi_lora
+    for flag, value, low in (("--width", args.width, 16), ("--height", args.height, 16),
+                             ("--batch-size", args.batch_size, 1), ("--frames", args.frames or 1, 1),
+                             ("--rank", args.rank, 1), ("--block-swap", args.block_swap, 0)):
+        if not low <= value <= 1 << 20:
+            raise InputError(f"{flag} {value}: use a value from {low} to {1 << 20}.")
     if args.method == "kiwi-lora":
         print(format_kiwi_lora(estimate_kiwi_lora(args.model or "wan2.2-ti2v-5b", args.height, args.width,
                                                   args.frames or 81, args.batch_size, rank=args.rank,

@@ -8,6 +8,7 @@ against the method's own ``Options`` dataclass (see trainer/methods/base.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -200,6 +201,14 @@ def _positive(value, label, zero_ok=False):
 
 def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
     """Value checks (choices, ranges, files). Raises InputError naming the key."""
+    for section in dataclasses.fields(cfg):        # NaN / inf pass every range check below: name them first
+        obj = getattr(cfg, section.name)
+        for f in dataclasses.fields(obj) if dataclasses.is_dataclass(obj) else ():
+            value = getattr(obj, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"{section.name}.{f.name} must be a finite number, got {value!r}.")
+            if isinstance(value, int) and not -2 ** 63 <= value < 2 ** 63:     # TOML allows any size
+                raise InputError(f"{section.name}.{f.name} = {value} does not fit a 64-bit integer.")
     _choice(cfg.precision.mixed, PRECISIONS, "precision.mixed")
     _choice(cfg.precision.adapter_dtype, DTYPES, "precision.adapter_dtype")
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
@@ -284,6 +293,9 @@ def load_config(path, overrides: dict | None = None, check_files: bool = True, b
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                         "a TOML config must be saved as UTF-8.") from None
     _merge(table, overrides or {})
     try:
         cfg = build_dataclass(TrainConfig, table, "")
