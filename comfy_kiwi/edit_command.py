@@ -3,18 +3,16 @@ or, with ``--imvideoedit``, through :mod:`comfy_kiwi.methods.imvideoedit_pipelin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
+from .output_paths import check_writable_folder, replacing
 from .placement import parse_device
 from .user_text import check_user_text
 
@@ -134,14 +132,14 @@ def run_edit(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
         from .frames import to_pil
-        with _replacing(out) as tmp:
+        with replacing(out) as tmp:
             to_pil(result.frames[0]).save(tmp, format=Image.registered_extensions()[out.suffix.lower()])
     else:
         write_video(out, result.frames, args.fps or fps)       # writes a temporary file, then renames it
     if args.save_latents:
         latents = Path(args.save_latents)
         latents.parent.mkdir(parents=True, exist_ok=True)
-        with _replacing(latents) as tmp:
+        with replacing(latents) as tmp:
             save_file({"latents": result.latents.float().cpu().contiguous(),
                        "context": result.context.float().cpu().contiguous()}, str(tmp))
     report = {"out": str(out), "frames": int(result.frames.shape[0]),
@@ -197,7 +195,7 @@ def _check_output_paths(args) -> None:
                 raise InputError(f"{flag} {path} is the {other} input; write the result to another file.")
         if path.is_dir():
             raise InputError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'edited.mp4'}.")
-        _check_writable_folder(path, flag)
+        check_writable_folder(path.absolute().parent, f"{flag} {path}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -205,32 +203,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
     except OSError:
         return False
-
-
-def _check_writable_folder(path: Path, flag: str) -> None:
-    """The nearest existing folder above ``path`` takes a new file (probed; nothing is left behind)."""
-    folder = path.absolute().parent
-    while not folder.exists():
-        folder = folder.parent
-    try:
-        if not folder.is_dir():
-            raise NotADirectoryError(f"{folder} is a file, not a folder")
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kiwi-write-check-"):
-            pass
-    except OSError as e:
-        raise InputError(f"{flag} {path}: cannot write there ({e.strerror or e}).") from None
-
-
-@contextlib.contextmanager
-def _replacing(path: Path):
-    """Write to a temporary file beside ``path``, then rename it over ``path``: an existing file is
-    replaced only by a complete new one, and a failed write leaves nothing behind."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_imvideoedit_options(args) -> None:

@@ -110,6 +110,8 @@ def _train(args) -> int:
     if args.resume not in (None, "auto") and not Path(args.resume).exists():    # before models load and caches fill
         raise InputError(f"--resume {args.resume}: no such checkpoint folder; give a checkpoints/step-N folder "
                          "of this run, or 'auto' for its latest one.")
+    from comfy_kiwi.output_paths import check_writable_folder
+    check_writable_folder(cfg.output_dir, f"checkpoint.output_dir {cfg.output_dir}")
     result = train(cfg, resume=args.resume)
     print(f"done: step {result['step']}, outputs in {result['output_dir']}")
     return 0
