@@ -14,9 +14,8 @@ from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
 from .output_paths import check_writable_folder, replacing
 from .placement import parse_device
+from .sampling.schedule import MAX_STEPS
 from .user_text import check_user_text
-
-MAX_STEPS = 1000            # the flow schedule's 1000 training timesteps; more steps resolve nothing new
 
 
 def add_edit_parser(sub) -> None:
