@@ -68,8 +68,10 @@ def check_frames(frames, name: str = "frames") -> torch.Tensor:
         raise InputError(
             f"{name} must have shape [F, H, W, 3] (frames, height, width, RGB); got {tuple(frames.shape)}"
         )
-    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
-        raise InputError(f"{name} hold no pixels: shape {tuple(frames.shape)} (0 frames or an empty side)")
+    if frames.shape[0] == 0:
+        raise InputError(f"no frames: {name} hold 0 frames (need at least 1; valid counts are 4k+1: 1, 5, 9, ..., 81)")
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise InputError(f"{name} hold no pixels: shape {tuple(frames.shape)}")
     if frames.dtype == torch.uint8:
         return frames.float().div_(255.0)
     if not frames.is_floating_point():
