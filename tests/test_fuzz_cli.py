@@ -128,6 +128,9 @@ OTHER_CASES = [
      "notes.txt"),
     ("judge-vlm-missing", lambda f: ["judge", "--vlm", str(f["empty_dir"]), "--source", str(f["video"]), "--edited",
                                      str(f["video"]), "--instruction", "x"], "empty_dir"),
+    ("judge-device-absent", lambda f: ["judge", "--vlm", str(f["empty_dir"]), "--source", str(f["video"]),
+                                       "--edited", str(f["video"]), "--instruction", "x", "--device", "cuda:7"],
+     "cuda:7"),
     ("judge-source-garbage", lambda f: ["judge", "--vlm", str(f["empty_dir"]), "--source", str(f["garbage"]),
                                         "--edited", str(f["video"]), "--instruction", "x"], "garbage.mp4"),
 ]
