@@ -78,6 +78,20 @@ def _write_zero_frame_video(path: Path) -> None:
             c.mux(packet)
 
 
+def assert_command_fails_clearly(main, argv, folder: Path, words: str, capsys) -> str:
+    """Run a command's ``main(argv)``; it must fail with one clear error line naming ``words``, and leave every
+    file under ``folder`` as it was (nothing created, changed or lost)."""
+    before = snapshot(folder)
+    try:
+        rc = main(argv)
+    except SystemExit as e:        # argparse's own errors (a number that is not one, an unknown choice)
+        rc = e.code
+    line = assert_clear_command_error(rc, capsys.readouterr().err)
+    assert words.lower() in line.lower(), line[:500]
+    assert snapshot(folder) == before
+    return line
+
+
 def assert_clear_command_error(rc, err: str) -> str:
     """A command failed the way a user can read: exit status 2, the last stderr line an ``error:`` line of
     reasonable length, no traceback."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz_support import assert_clear_command_error, snapshot
+from fuzz_support import assert_command_fails_clearly
 from trainer.__main__ import main
 from trainer_fixtures import write_config, write_models, write_pairs
 
@@ -93,14 +93,7 @@ def test_every_config_mistake_is_one_clear_line(setup, tmp_path, edit, extra, wo
     else:
         text = _with(good, edit) if edit is not None else good.read_text()
         config.write_bytes(text if isinstance(text, bytes) else text.encode())
-    before = snapshot(root)
-    try:
-        rc = main(["train", "--config", str(config), *extra])
-    except SystemExit as e:
-        rc = e.code
-    line = assert_clear_command_error(rc, capsys.readouterr().err)
-    assert words.lower() in line.lower(), line[:500]
-    assert snapshot(root) == before
+    assert_command_fails_clearly(main, ["train", "--config", str(config), *extra], root, words, capsys)
 
 
 def _broken_data(root, tmp_path, kind):
@@ -125,11 +118,9 @@ def _broken_data(root, tmp_path, kind):
 def test_every_broken_dataset_is_one_clear_line(setup, tmp_path, kind, capsys):
     root, good = setup
     csv = _broken_data(root, tmp_path, kind)
-    before = snapshot(root)
-    rc = main(["train", "--config", str(good), "--set", f"data.dataset={csv}", "--set",
-               f"checkpoint.output_dir={tmp_path / 'run'}", "--set", f"data.cache_dir={tmp_path / 'cache'}"])
-    assert_clear_command_error(rc, capsys.readouterr().err)
-    assert snapshot(root) == before
+    assert_command_fails_clearly(main, ["train", "--config", str(good), "--set", f"data.dataset={csv}", "--set",
+                                        f"checkpoint.output_dir={tmp_path / 'run'}", "--set",
+                                        f"data.cache_dir={tmp_path / 'cache'}"], root, "", capsys)
 
 
 @pytest.mark.parametrize("argv,words", [
@@ -145,14 +136,7 @@ def test_unusable_outputs_and_numbers_of_the_other_verbs(setup, tmp_path, argv, 
         argv = [argv[0], "--config", str(good), *argv[1:]]
         if argv[0] == "export":
             argv += ["--set", f"checkpoint.output_dir={tmp_path / 'empty_run'}"]
-    before = snapshot(root)
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    line = assert_clear_command_error(rc, capsys.readouterr().err)
-    assert words.lower() in line.lower(), line[:500]
-    assert snapshot(root) == before
+    assert_command_fails_clearly(main, argv, root, words, capsys)
 
 
 def test_the_base_config_of_the_cases_trains(setup, tmp_path, capsys):
