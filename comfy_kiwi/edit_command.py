@@ -8,8 +8,6 @@ import math
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
 from .output_paths import check_writable_folder, replacing
@@ -132,7 +130,7 @@ def run_edit(args) -> int:
     if out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
         from .frames import to_pil
         with replacing(out) as tmp:
-            to_pil(result.frames[0]).save(tmp, format=Image.registered_extensions()[out.suffix.lower()])
+            to_pil(result.frames[0]).save(tmp)          # the temporary name keeps the suffix: same format
     else:
         write_video(out, result.frames, args.fps or fps)       # writes a temporary file, then renames it
     if args.save_latents:

@@ -63,7 +63,8 @@ def parse_device(name: str | None, option: str = "--device") -> torch.device:
                                           f"cuda:0 … cuda:{count - 1}.")
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
-            raise BackendUnavailableError(f"{option} {name}: Apple's MPS backend is not available here; use {option} cpu.")
+            raise BackendUnavailableError(f"{option} {name}: Apple's MPS backend is not available here; "
+                                          f"use {option} cpu.")
     elif device.type != "cpu":
         raise InputError(f"{option} {name}: {device.type} devices are not supported; use cpu, cuda, cuda:N or mps.")
     return device

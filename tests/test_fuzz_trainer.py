@@ -124,7 +124,8 @@ def test_every_broken_dataset_is_one_clear_line(setup, tmp_path, kind, capsys):
 
 
 @pytest.mark.parametrize("argv,words", [
-    pytest.param(["train", "--set", "checkpoint.output_dir=/proc/comfy-kiwi-fuzz/run"], "/proc", id="output-unwritable"),
+    pytest.param(["train", "--set", "checkpoint.output_dir=/proc/comfy-kiwi-fuzz/run"], "/proc",
+                 id="output-unwritable"),
     pytest.param(["export", "--to", "comfyui-lora", "--out", "/proc/comfy-kiwi-fuzz/l.safetensors"], "",
                  id="export-no-checkpoint"),
     pytest.param(["memory", "--width", "0"], "width", id="memory-width-zero"),

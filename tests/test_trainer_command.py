@@ -69,8 +69,8 @@ def test_preset_paths_without_set_say_how_to_point_them(tmp_path, monkeypatch, c
 
 def test_overrides_are_typed_nested_and_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    got = parse_overrides(["schedule.max_steps=4", "precision.gradient_checkpointing=false", "optimizer.betas=[0.9, 0.99]",
-                           "model.dit=rel/dit.safetensors", "method.options.rank=8", "model.attention=sdpa"])
+    got = parse_overrides(["schedule.max_steps=4", "precision.gradient_checkpointing=false",
+                           "optimizer.betas=[0.9, 0.99]", "model.dit=rel/dit.safetensors", "method.options.rank=8", "model.attention=sdpa"])
     assert got == {"schedule": {"max_steps": 4}, "precision": {"gradient_checkpointing": False},
                    "optimizer": {"betas": [0.9, 0.99]}, "model": {"dit": str(tmp_path / "rel/dit.safetensors"),
                                                                    "attention": "sdpa"},
@@ -97,7 +97,8 @@ def test_installs_as_comfy_kiwi_trainer_not_trainer(monkeypatch):
     exec(compile((ROOT / "setup.py").read_text(), "setup.py", "exec"), {"__name__": "__main__"})
     packages = seen["packages"]
     assert not any(p == "trainer" or p.startswith("trainer.") for p in packages)
-    assert {"comfy_kiwi_trainer", "comfy_kiwi_trainer.data", "comfy_kiwi_trainer.methods", "comfy_kiwi"} <= set(packages)
+    assert {"comfy_kiwi_trainer", "comfy_kiwi_trainer.data", "comfy_kiwi_trainer.methods",
+            "comfy_kiwi"} <= set(packages)
     assert seen["package_dir"] == {"comfy_kiwi_trainer": "trainer"}
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["comfy-kiwi-train"] == "comfy_kiwi_trainer.__main__:main"

@@ -28,7 +28,8 @@ def check_default_model_input(frames: torch.Tensor, video) -> None:
     height, width = int(frames.shape[1]), int(frames.shape[2])
     if (height, width) != (FRAME_SIZE, FRAME_SIZE):
         raise InputError(f"no --model given, so the built-in toy model would edit {video}, but it only edits "
-                         f"toy-world videos ({FRAME_SIZE}×{FRAME_SIZE} px, e.g. comfy_kiwi/toy/examples/toy_scene.mp4) "
+                         f"toy-world videos ({FRAME_SIZE}×{FRAME_SIZE} px, e.g. "
+                         "comfy_kiwi/toy/examples/toy_scene.mp4) "
                          f"and this one is {width}×{height}; pass a Kiwi-Edit release folder, e.g. "
                          "--model /models/kiwi/kiwi-edit-5b-instruct-reference-diffusers.")
 
