@@ -2,9 +2,16 @@
 
 ComfyUI imports this file as a package from ``custom_nodes/``; the node classes live in ``nodes/``
 and are imported relatively so that our ``nodes`` folder never shadows ComfyUI's own ``nodes`` module.
+
+Imported as a plain module instead (``__package__`` empty) there is no package to import from: pytest
+does that when the checkout folder is not a Python name (``comfy-kiwi``), because a folder holding an
+``__init__.py`` is a package to it. The pack then exports no nodes rather than failing the import.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = None
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

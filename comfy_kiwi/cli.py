@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import KiwiError
@@ -20,8 +21,26 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def prog_name(package: str) -> str:
+    """What ``usage:`` calls the program: the console script's own name (``comfy-kiwi``), or
+    ``python -m <package>`` when run as a module."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return f"python -m {package}" if name in ("", "-c", "__main__.py") else name
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` only where it says something: not for flags, not for None, not where the help
+    already states its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m comfy_kiwi",
+    p = argparse.ArgumentParser(prog=prog_name("comfy_kiwi"),
                                 description="Instruction- and reference-guided video editing on Wan DiTs.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     info = sub.add_parser("info", help="describe a model file or folder as JSON (format, architecture, dtype)")
@@ -35,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_judge_parser(sub)
     add_plan_parser(sub)
     add_toy_data_parser(sub)
+    for verb in sub.choices.values():
+        verb.formatter_class = HelpFormatter
     return p
 
 
@@ -46,8 +67,12 @@ def run_verb(parser: argparse.ArgumentParser, argv=None) -> int:
     try:
         return int(args.run(args) or 0)
     except KiwiError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        message = str(e)
+    except OSError as e:        # a file the system refused (permissions, a full disk, a file where a folder was)
+        message = f"cannot access{f' {e.filename}' if e.filename else ''}: {e.strerror or e}"
+    # a path with undecodable bytes (surrogates) must not turn the error line itself into a crash
+    print("error: " + message.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+    return 2
 
 
 def main(argv=None) -> int:

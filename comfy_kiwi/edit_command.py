@@ -3,23 +3,23 @@ or, with ``--imvideoedit``, through :mod:`comfy_kiwi.methods.imvideoedit_pipelin
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-import torch
-
 from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
-
+from .output_paths import check_writable_folder, replacing
+from .placement import parse_device
+from .sampling.schedule import MAX_STEPS
+from .user_text import check_user_text
 
 
 def add_edit_parser(sub) -> None:
     from .pipeline import EditSettings
     d = EditSettings()
-    p = sub.add_parser("edit", help="edit a video (or image) with an instruction and an optional reference",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("edit", help="edit a video (or image) with an instruction and an optional reference")
     p.add_argument("--model", default=None,
                    help="a Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...); with --imvideoedit, "
                         "the Wan2.1 T2V DiT (file or folder) the ImVideoEdit weights were trained on; "
@@ -31,24 +31,30 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--reference", action="append", default=None,
                    help="reference image (repeat for several); switches to reference-guided editing")
     p.add_argument("--out", required=True, help="output .mp4 (a one-frame edit may also be .png/.jpg)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--shift", type=float, default=d.shift)
+    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps; the release uses 50")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the starting noise (torch.randn on a CPU generator): same seed, same edit")
+    p.add_argument("--shift", type=float, default=d.shift,
+                   help="σ schedule shift: σ = shift·s/(1+(shift−1)·s); larger spends more steps at high noise")
     p.add_argument("--cfg", type=float, default=d.cfg, help="1.0 disables guidance (the release)")
     p.add_argument("--schedule", choices=["kiwi", "diffusers"], default=d.schedule,
                    help="σ_min 0 (kiwi) or 0.003/1.002 (diffusers release)")
-    p.add_argument("--denoise", type=float, default=d.denoise)
+    p.add_argument("--denoise", type=float, default=d.denoise,
+                   help="share of the schedule to run, in (0, 1]: below 1 starts from the source latents noised "
+                        "to that level, keeping more of the source")
     p.add_argument("--frames", type=int, default=d.num_frames,
                    help="use the first N source frames (4k+1); 0 = all")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per-frame pixel budget (W·H)")
     p.add_argument("--fps", type=float, default=None, help="output fps (default: the source's)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None, help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--attention", default="auto", help="auto, sdpa, xformers, flash, sage")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None,
+                   help="compute dtype (default: bf16 on a GPU, fp16 where it lacks bf16, fp32 on the CPU)")
+    p.add_argument("--attention", default="auto",
+                   help="attention kernel: auto (the fastest installed), sdpa, xformers, flash, sage")
     p.add_argument("--tiled-vae", action="store_true", help="encode/decode the VAE in tiles (less memory)")
     p.add_argument("--block-swap", type=int, default=0,
-                   help="DiT blocks kept in CPU RAM and moved to the GPU one at a time (less VRAM, slower); "
-                        "see `python -m comfy_kiwi plan` for a value that fits your card")
+                   help="DiT blocks kept in CPU RAM and moved to the GPU one at a time (less VRAM, slower; "
+                        "default 0: none); see `python -m comfy_kiwi plan` for a value that fits your card")
     p.add_argument("--step-cache", type=float, default=d.step_cache, metavar="THRESHOLD",
                    help="skip the DiT blocks at steps that change little "
                         "(0 = off, exact; 0.04 mild, 0.1 fast, 0.2 aggressive)")
@@ -81,10 +87,13 @@ def run_edit(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".png", ".jpg", ".jpeg", ".webp"):
         raise InputError(f"--out {out}: use an .mp4 (or .mov/.mkv/.webm) file, or .png/.jpg for one frame.")
+    check_user_text(args.instruction, "--instruction")
     if not args.instruction.strip():
         raise InputError("--instruction is empty; say what to change, e.g. \"make the car red\".")
     _check_imvideoedit_options(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _check_numbers(args)
+    _check_output_paths(args)
+    device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
 
     if args.window is not None and (args.imvideoedit or args.save_latents):
@@ -92,8 +101,6 @@ def run_edit(args) -> int:
                          "--save-latents (there is no single latent tensor).")
     if args.block_swap < 0:
         raise InputError(f"--block-swap must be ≥ 0, got {args.block_swap}.")
-    if not args.step_cache >= 0:
-        raise InputError(f"--step-cache must be a threshold ≥ 0 (0 = off), got {args.step_cache}.")
     max_frames = args.frames or None
     frames, fps = read_video(args.video, max_frames=max_frames)
     refs = [load_image(r) for r in args.reference] if args.reference else None
@@ -105,6 +112,8 @@ def run_edit(args) -> int:
     if args.imvideoedit and args.model is None:
         raise InputError("--imvideoedit needs --model: the Wan2.1 T2V DiT the ImVideoEdit weights were trained on.")
     toy_model = toy.toy_model_folder(args.model)      # None unless --model is absent or a toy folder
+    if args.model is None:
+        toy.check_default_model_input(frames, args.video)
     print(f"loading {toy_model or args.model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
     if args.imvideoedit:
         result = _run_imvideoedit(args, frames, settings, dtype, device)
@@ -124,18 +133,80 @@ def run_edit(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
         from .frames import to_pil
-        to_pil(result.frames[0]).save(out)
+        with replacing(out) as tmp:
+            to_pil(result.frames[0]).save(tmp)          # the temporary name keeps the suffix: same format
     else:
-        write_video(out, result.frames, args.fps or fps)
+        write_video(out, result.frames, args.fps or fps)       # writes a temporary file, then renames it
     if args.save_latents:
-        save_file({"latents": result.latents.float().cpu().contiguous(),
-                   "context": result.context.float().cpu().contiguous()}, args.save_latents)
+        latents = Path(args.save_latents)
+        latents.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(latents) as tmp:
+            save_file({"latents": result.latents.float().cpu().contiguous(),
+                       "context": result.context.float().cpu().contiguous()}, str(tmp))
     report = {"out": str(out), "frames": int(result.frames.shape[0]),
               "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
               "latents": None if result.latents is None else list(result.latents.shape)}
     report.update(toy.judge_report(args.video, args.instruction, refs, result.frames))   # toy videos only
     print(json.dumps(report))
     return 0
+
+
+def _check_numbers(args) -> None:
+    """Every number before anything loads: NaN, infinities and values no edit can use are named here."""
+    def bad(flag, value, accepted):
+        raise InputError(f"{flag} {value}: {accepted}.")
+    for flag, value in (("--shift", args.shift), ("--cfg", args.cfg), ("--denoise", args.denoise),
+                        ("--step-cache", args.step_cache)):
+        if not math.isfinite(value):
+            bad(flag, value, "must be a finite number")
+    if args.step_cache < 0:
+        bad("--step-cache", args.step_cache, "must be a threshold ≥ 0 (0 = off)")
+    if not 1 <= args.steps <= MAX_STEPS:
+        bad("--steps", args.steps, f"use 1 … {MAX_STEPS} denoising steps (the release uses 50)")
+    if args.shift <= 0:
+        bad("--shift", args.shift, "must be > 0 (the release uses 5)")
+    if args.cfg < 0:
+        bad("--cfg", args.cfg, "must be ≥ 0 (1.0 disables guidance)")
+    if not 0 < args.denoise <= 1:
+        bad("--denoise", args.denoise, "must be in (0, 1]")
+    if not 0 <= args.seed < 2 ** 64:
+        bad("--seed", args.seed, "must be in 0 … 2^64 − 1")
+    if args.frames < 0:
+        bad("--frames", args.frames, "must be ≥ 0 (0 = every frame)")
+    if args.max_pixels < 32 * 32:
+        bad("--max-pixels", args.max_pixels, "must be at least 1024 (32×32, the smallest frame)")
+    if args.fps is not None and not (math.isfinite(args.fps) and 0 < args.fps <= 1000):
+        bad("--fps", args.fps, "must be a frame rate in (0, 1000]")
+    if args.window is not None and (args.window < 5 or args.window % 4 != 1):
+        bad("--window", args.window, "must be 4k+1 frames and at least 5 (e.g. 81)")
+    if args.text_len is not None and not 1 <= args.text_len <= 4096:
+        bad("--text-len", args.text_len, "must be in 1 … 4096 (Wan uses 512)")
+
+
+def _check_output_paths(args) -> None:
+    """Outputs never replace an input, and their folder is writable, before minutes of work."""
+    inputs = {"--video": args.video, "--model": args.model, "--imvideoedit": args.imvideoedit, "--vae": args.vae}
+    inputs.update({"--reference": r for r in args.reference or []})
+    outputs = {"--out": args.out}
+    if args.save_latents:
+        if Path(args.save_latents).suffix.lower() != ".safetensors":
+            raise InputError(f"--save-latents {args.save_latents}: use a .safetensors file name.")
+        outputs["--save-latents"] = args.save_latents
+    for flag, path in outputs.items():
+        path = Path(path).expanduser()
+        for other, given in inputs.items():
+            if given and _same_file(path, Path(given).expanduser()):
+                raise InputError(f"{flag} {path} is the {other} input; write the result to another file.")
+        if path.is_dir():
+            raise InputError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'edited.mp4'}.")
+        check_writable_folder(path.absolute().parent, f"{flag} {path}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
 
 
 def _check_imvideoedit_options(args) -> None:

@@ -68,11 +68,21 @@ def check_frames(frames, name: str = "frames") -> torch.Tensor:
         raise InputError(
             f"{name} must have shape [F, H, W, 3] (frames, height, width, RGB); got {tuple(frames.shape)}"
         )
+    if frames.shape[0] == 0:
+        raise InputError(f"no frames: {name} hold 0 frames (need at least 1; valid counts are 4k+1: 1, 5, 9, ..., 81)")
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise InputError(f"{name} hold no pixels: shape {tuple(frames.shape)}")
     if frames.dtype == torch.uint8:
         return frames.float().div_(255.0)
     if not frames.is_floating_point():
         raise InputError(f"{name} must be float in 0..1 or uint8 in 0..255; got dtype {frames.dtype}")
-    return frames.float()
+    frames = frames.float()
+    if not torch.isfinite(frames).all():
+        raise InputError(f"{name} hold NaN or infinite values; check the node or file that produced them")
+    if frames.max() > 2.0:      # a little overshoot (decoders) is clipped later; 0..255 floats are a mistake
+        raise InputError(f"{name} hold values up to {float(frames.max()):.4g}, but float frames are in 0..1 "
+                         "(divide 0..255 values by 255)")
+    return frames
 
 
 def _to_uint8_array(frame: torch.Tensor) -> np.ndarray:

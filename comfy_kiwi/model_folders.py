@@ -151,6 +151,9 @@ def resolve(kind: str, name: str) -> Path:
                               f"models/{FOLDER_FOR[kind]}/, press R in ComfyUI to refresh, and pick it.")
     if name.startswith(RELEASE_PREFIX):
         kind, name = "kiwi-release", name[len(RELEASE_PREFIX):]
+    if Path(name).is_absolute() or ".." in Path(name).parts:     # a crafted workflow must not read elsewhere
+        raise CheckpointError(f"'{name}' points outside the model folders; pick an entry of the list (a name "
+                              f"inside models/{FOLDER_FOR[kind]}/).")
     for root in comfy_adapter.model_folders(FOLDER_FOR[kind]):
         path = Path(root) / name
         if path.exists():

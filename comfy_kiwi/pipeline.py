@@ -7,6 +7,7 @@ a CPU float32 generator seeded with ``seed``; see ``EditSettings``.
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -98,12 +99,29 @@ def model_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def _check_sampling_inputs(cond, source, settings: EditSettings) -> None:
+    """What no sampling run can use, named before the first step (NaN latents would otherwise give a
+    black video; a seed beyond 64 bits an overflow from inside torch)."""
+    if not isinstance(cond, EditConditioning) or not isinstance(source, SourceConditioning):
+        raise InputError("the sampler needs the conditioning of an encoder node and the source of an encode-source "
+                         f"node; got {type(cond).__name__} and {type(source).__name__}.")
+    if not 0 <= int(settings.seed) < 2 ** 64:
+        raise InputError(f"seed must be in 0 … 2^64 − 1, got {settings.seed}.")
+    if not (math.isfinite(settings.cfg) and settings.cfg >= 0):
+        raise InputError(f"cfg must be a finite number ≥ 0 (1.0 disables guidance), got {settings.cfg!r}.")
+    for name, t in (("source latents", source.source_latents), ("reference latents", source.reference_latents),
+                    ("conditioning", cond.context), ("negative conditioning", cond.negative)):
+        if isinstance(t, torch.Tensor) and not torch.isfinite(t).all():
+            raise InputError(f"the {name} hold NaN or infinite values; encode them again from valid frames.")
+
+
 def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, settings: EditSettings,
                 init_latents: torch.Tensor | None = None, device=None) -> torch.Tensor:
     """Run the flow-match sampler of one edit; returns the edited latents [1, C, f, h, w].
 
     ``device`` is where the DiT computes (default: where its weights are); with ``settings.block_swap``
     the DiT may wait in CPU RAM and only its blocks visit ``device`` one at a time."""
+    _check_sampling_inputs(cond, source, settings)
     dtype = model_dtype(dit)
     device = torch.device(device) if device is not None else model_device(dit)
     shape = source.latent_shape
@@ -283,6 +301,11 @@ class EditPipeline:
     def edit(self, frames: torch.Tensor, instruction: str, reference=None,
              settings: EditSettings | None = None) -> EditResult:
         s = settings or EditSettings()
+        has_reference = reference is not None and not (isinstance(reference, (list, tuple)) and not reference)
+        if has_reference and getattr(self.dit, "ref_embedder", False) is None:
+            raise InputError("a reference image was given, but this model has no reference branch (no "
+                             "ref_embedder weights, as in the instruct-only release); edit without a reference, "
+                             "or load the instruct-reference or reference-only release.")
         frames = self.prepare(frames, s)
         cond = self.encode_instruction(instruction, frames, reference, with_negative=s.cfg != 1.0)
         source = self.encode_source(frames, reference, tiled=s.vae_tiled)

@@ -40,6 +40,36 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def parse_device(name: str | None, option: str = "--device") -> torch.device:
+    """A device name from a command line, checked against this machine: None/"auto" → cuda when
+    available, else the CPU. A name torch does not know, or a device this machine or this PyTorch
+    build lacks, is an error that says what exists (not torch's assertion deep inside a load)."""
+    from .errors import BackendUnavailableError, InputError
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"{option} {name!r} is not a device name; use cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this PyTorch is a CPU build" if torch.version.cuda is None and torch.version.hip is None
+                   else "no CUDA GPU is visible")
+            raise BackendUnavailableError(f"{option} {name}: {why} (torch {torch.__version__}); use {option} cpu, "
+                                          "or install the PyTorch build for your GPU.")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise BackendUnavailableError(f"{option} {name}: this machine has {count} CUDA device(s), "
+                                          f"cuda:0 … cuda:{count - 1}.")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise BackendUnavailableError(f"{option} {name}: Apple's MPS backend is not available here; "
+                                          f"use {option} cpu.")
+    elif device.type != "cpu":
+        raise InputError(f"{option} {name}: {device.type} devices are not supported; use cpu, cuda, cuda:N or mps.")
+    return device
+
+
 def home_device(choice: str, kind: str = "dit") -> torch.device:
     """The device a model is loaded to. ``choice`` "cpu" keeps it in RAM (offloaded); "auto" keeps
     DiT and VAE on the compute device and the MLLM in RAM (it runs once per edit, see DESIGN)."""

@@ -24,6 +24,13 @@ class KiwiVAEDecode:
         }}
 
     def decode(self, vae, latent, tiled):
+        import torch
+        if not isinstance(latent, torch.Tensor) or latent.ndim != 5:
+            raise kiwi("errors").InputError(f"latent must be a [B, C, F, H, W] tensor from a Kiwi sampler; got "
+                                            f"{tuple(getattr(latent, 'shape', ())) or type(latent).__name__}.")
+        if not torch.isfinite(latent).all():
+            raise kiwi("errors").InputError("the latent holds NaN or infinite values; sample it again (check the "
+                                            "sampler's inputs).")
         channels = latent.shape[1]
         if channels != vae.config.z_dim:
             raise kiwi("errors").InputError(

@@ -78,6 +78,15 @@ class KiwiSampler:
 
     def sample(self, dit, conditioning, source, seed, steps, shift, cfg, denoise, schedule, block_swap=-1,
                step_cache=0.0):
+        pipeline = kiwi("pipeline")
+        if not (isinstance(conditioning, pipeline.EditConditioning)
+                and isinstance(source, pipeline.SourceConditioning)):
+            raise kiwi("errors").InputError(
+                "connect conditioning to Kiwi MLLM Encode and source to Kiwi Encode Source; got "
+                f"{type(conditioning).__name__} and {type(source).__name__}.")
+        if int(block_swap) < -1:
+            raise kiwi("errors").InputError(f"block_swap must be −1 (auto), 0 (off) or a block count; "
+                                            f"got {block_swap}.")
         check_compatible(dit, conditioning, source, float(cfg))
         pipeline, placement = kiwi("pipeline"), kiwi("placement")
         device = kiwi("comfy_adapter").compute_device()

@@ -53,6 +53,9 @@ class KiwiEncodeSource:
         }}
 
     def encode(self, vae, source, reference_position, tiled, reference=None):
+        if reference_position not in REFERENCE_POSITIONS:
+            raise kiwi("errors").InputError(f"reference_position {reference_position!r}: choose one of "
+                                            f"{', '.join(REFERENCE_POSITIONS)}.")
         frames = as_frames(source, "source")
         check_source_frames(frames, vae)
         ref = None if reference is None else single_image(reference, "reference")

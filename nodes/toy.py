@@ -65,6 +65,8 @@ class KiwiToyExample:
 
     def make(self, seed, kind):
         world, data = _toy("world"), _toy("data")
+        if not 0 <= int(seed) < 2 ** 31:
+            raise kiwi("errors").InputError(f"seed must be in 0 … 2^31 − 1, got {seed}.")
         kinds = {ANY_KINDS[0]: data.PLAIN_KINDS, ANY_KINDS[1]: world.REFERENCE_KINDS}.get(kind, (kind,))
         ex = world.make_example(int(seed), kinds)
         ref = data.example_reference(ex)

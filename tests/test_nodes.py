@@ -31,8 +31,10 @@ def test_pack_imports_like_comfyui_without_shadowing(env):
     assert f"{pack.__name__}.nodes" in sys.modules
     for cls in pack.NODE_CLASS_MAPPINGS.values():
         assert cls.__module__.startswith(f"{pack.__name__}.nodes."), cls.__module__
-    # and the installed distribution holds the library only
-    assert 'include = ["comfy_kiwi*"]' in (ROOT / "pyproject.toml").read_text()
+    # and the installed distribution holds the library and the trainer under its own name, no top-level nodes/trainer
+    setup_py = (ROOT / "setup.py").read_text()
+    assert 'find_packages(include=["comfy_kiwi", "comfy_kiwi.*"])' in setup_py
+    assert 'TRAINER = "comfy_kiwi_trainer"' in setup_py
 
 
 def _check_spec(node: str, name: str, spec) -> list[str]:

@@ -201,8 +201,14 @@ SAMPLER = {"seed": 42, "control_after_generate": "fixed", "steps": 50, "shift": 
 LOADER = {"dtype": "auto", "device": "auto", "attention": "auto"}
 
 
+# Download size of a release, computed (not read off the hub): 5.00e9 DiT + 3.75e9 MLLM (Qwen2.5-VL-3B)
+# + 0.70e9 VAE parameters (counted from the architectures, comfy_kiwi.memory.planner) × 2 bytes (bf16).
+RELEASE_SIZE = "about 19 GB"
+
+
 def _download_note(kinds) -> str:
-    lines = ["Models: download the whole release folder into ComfyUI/models/kiwi/, e.g.", ""]
+    lines = [f"Needs the Kiwi-Edit {' or '.join(kinds)} release ({RELEASE_SIZE}: 9.45e9 parameters in bf16). "
+             "Download the whole release folder into ComfyUI/models/kiwi/:", ""]
     for kind in kinds:
         lines.append(f"hf download linyq/{RELEASES[kind]} --local-dir models/kiwi/{RELEASES[kind]}")
     lines += ["", "Then press R to refresh the model lists. Details: docs/COMFYUI.md of comfy-kiwi."]
@@ -254,7 +260,7 @@ def _video_out(g: Graph, decoded: dict, comps: dict, y: int = 60):
 
 def instruction_video_edit(pack) -> Graph:
     g = Graph(pack)
-    kind = "instruct-only"
+    kind = "instruct-reference"         # one download serves every Kiwi workflow
     g.add("Note", (20, 60), {"text": "Instruction-guided video edit (Kiwi-Edit).\n\n" + _download_note([kind])},
           width=320, height=270)
     loader = g.add("KiwiReleaseLoader", (360, 60), dict(LOADER, release=RELEASES[kind]), models=release_models(kind))
@@ -279,7 +285,7 @@ def reference_video_edit(pack) -> Graph:
 
 def image_edit(pack) -> Graph:
     g = Graph(pack)
-    kind = "instruct-only"
+    kind = "instruct-reference"         # one download serves every Kiwi workflow
     g.add("Note", (20, 60), {"text": "Image edit: one frame through the same models.\n\n" + _download_note([kind])},
           width=320, height=270)
     loader = g.add("KiwiReleaseLoader", (360, 60), dict(LOADER, release=RELEASES[kind]), models=release_models(kind))
@@ -294,7 +300,7 @@ def image_edit(pack) -> Graph:
 
 def all_parts(pack) -> Graph:
     g = Graph(pack)
-    kind = "instruct-only"
+    kind = "instruct-reference"         # one download serves every Kiwi workflow
     rel = "kiwi release: " + RELEASES[kind]
     g.add("Note", (20, 60), {"text": "Every block wired separately: DiT, LoRA, VAE and MLLM loaded on their own. "
                                      "Each loader lists its ComfyUI model folder and the parts of the releases in "
@@ -347,11 +353,13 @@ def clip_models(name: str) -> list[dict]:
 
 
 def _judge_download_note(clip: bool) -> str:
-    lines = ["Judge / grounding model: a stock Qwen2.5-VL folder in ComfyUI/models/text_encoders/:", ""]
+    lines = ["Judge / grounding model: a stock Qwen2.5-VL folder in ComfyUI/models/text_encoders/ (7B: about "
+             "16.6 GB, 3B: about 7.5 GB; 8.29e9 / 3.75e9 parameters in bf16):", ""]
     lines += [f"hf download Qwen/{n} --local-dir models/text_encoders/{n}" for n in QWEN_VL]
     lines += ["", "(7B judges better; 3B fits smaller GPUs: pick it in Kiwi VLM Loader.)"]
     if clip:
-        lines += ["", "CLIP and PickScore folders go in ComfyUI/models/clip_vision/:", ""]
+        lines += ["", "CLIP and PickScore folders go in ComfyUI/models/clip_vision/ (about 1.7 GB and 3.9 GB: "
+                      "0.43e9 / 0.99e9 parameters in fp32):", ""]
         lines += [f"hf download {org}/{n} --local-dir models/clip_vision/{n}" for n, org in CLIP_FOLDERS.items()]
     return "\n".join(lines)
 
@@ -402,7 +410,7 @@ def reference_synthesis_then_edit(pack) -> Graph:
 
 def edit_then_judge(pack) -> Graph:
     g = Graph(pack)
-    kind = "instruct-only"
+    kind = "instruct-reference"         # one download serves every Kiwi workflow
     instruction = "Replace the red car with a blue bicycle."
     g.add("Note", (20, 60), {"text": "Edit, then score the edit with a VLM judge and CLIP rewards.\n\n" +
                                      _download_note([kind])}, width=320, height=270)
@@ -498,11 +506,12 @@ def viva_edit(pack) -> Graph:
     qwen = "Qwen2.5-VL-3B-Instruct"
     g.add("Note", (20, 60), {"text": "VIVA edit (docs/METHODS.md): Wan2.2 TI2V 5B + the Qwen2.5-VL instructor + "
                                      "the VIVA weights you trained (preset viva-wan2.2-5b).\n\n"
-                                     "Models: wan2.2_ti2v_5B_fp16.safetensors in models/diffusion_models/, "
-                                     "wan2.2_vae.safetensors in models/vae/, and\n\n"
+                                     "Models (about 19 GB together: 5.00e9 DiT + 0.70e9 VAE + 3.75e9 Qwen "
+                                     "parameters at 2 bytes): wan2.2_ti2v_5B_fp16.safetensors in "
+                                     "models/diffusion_models/, wan2.2_vae.safetensors in models/vae/, and\n\n"
                                      f"hf download Qwen/{qwen} --local-dir models/text_encoders/{qwen}\n\n"
                                      "VIVA weights: copy runs/viva-wan2.2-5b/viva.safetensors into models/loras/ "
-                                     "(python -m trainer train --preset viva-wan2.2-5b). An Edit-GRPO LoRA goes "
+                                     "(comfy-kiwi-train train --config viva-wan2.2-5b). An Edit-GRPO LoRA goes "
                                      "between the DiT loader and the sampler through Kiwi Lora Loader."},
           width=320, height=400)
     dit = g.add("KiwiDiTLoader", (360, 60), dict(LOADER, dit_name=WAN22_TI2V_5B["name"]), models=[WAN22_TI2V_5B])

@@ -8,6 +8,7 @@ against the method's own ``Options`` dataclass (see trainer/methods/base.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -202,6 +203,14 @@ def _positive(value, label, zero_ok=False):
 
 def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
     """Value checks (choices, ranges, files). Raises InputError naming the key."""
+    for section in dataclasses.fields(cfg):        # NaN / inf pass every range check below: name them first
+        obj = getattr(cfg, section.name)
+        for f in dataclasses.fields(obj) if dataclasses.is_dataclass(obj) else ():
+            value = getattr(obj, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"{section.name}.{f.name} must be a finite number, got {value!r}.")
+            if isinstance(value, int) and not -2 ** 63 <= value < 2 ** 63:     # TOML allows any size
+                raise InputError(f"{section.name}.{f.name} = {value} does not fit a 64-bit integer.")
     _choice(cfg.precision.mixed, PRECISIONS, "precision.mixed")
     _choice(cfg.precision.adapter_dtype, DTYPES, "precision.adapter_dtype")
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
@@ -258,16 +267,31 @@ def validate(cfg: TrainConfig, check_files: bool = True) -> TrainConfig:
             if not path:
                 raise InputError(f"{label} is required (a path).")
             if not Path(path).exists():
-                raise InputError(f"{label}: {path} does not exist.")
+                how = f" or with --set {label}=PATH" if "[" not in label else ""
+                raise InputError(f"{label}: {path} does not exist; point it at your file in the TOML{how}.")
     return cfg
+
+
+# keys holding a path; relative ones are relative to the TOML's folder (command-line overrides: to the shell's)
+PATH_KEYS = (("model", "dit"), ("model", "vae"), ("model", "text_encoder"), ("model", "mllm"), ("data", "dataset"),
+             ("data", "cache_dir"), ("checkpoint", "output_dir"), ("checkpoint", "init_from"))
+
+
+def _merge(table: dict, overrides: dict) -> None:
+    """Nested update: {"method": {"options": {"x": 1}}} changes one option and keeps the others."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(table.get(key), dict):
+            _merge(table[key], value)
+        else:
+            table[key] = value
 
 
 def _resolve(base: Path, value: str) -> str:
     return str((base / value).resolve()) if value and not Path(value).is_absolute() else value
 
 
-def load_config(path, overrides: dict | None = None, check_files: bool = True) -> TrainConfig:
-    """Read and validate a TOML config. Relative paths are relative to the TOML file's folder."""
+def load_config(path, overrides: dict | None = None, check_files: bool = True, base=None) -> TrainConfig:
+    """Read and validate a TOML config. Relative paths are relative to ``base`` (default: the TOML's folder)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file {path} does not exist.")
@@ -275,16 +299,16 @@ def load_config(path, overrides: dict | None = None, check_files: bool = True) -
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path} is not valid TOML: {e}") from None
-    for section, values in (overrides or {}).items():
-        table.setdefault(section, {}).update(values)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                         "a TOML config must be saved as UTF-8.") from None
+    _merge(table, overrides or {})
     try:
         cfg = build_dataclass(TrainConfig, table, "")
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
-    base = path.parent
-    for sect, key in (("model", "dit"), ("model", "vae"), ("model", "text_encoder"), ("model", "mllm"),
-                      ("data", "dataset"), ("data", "cache_dir"), ("checkpoint", "output_dir"),
-                      ("checkpoint", "init_from")):
+    base = Path(base) if base is not None else path.parent
+    for sect, key in PATH_KEYS:
         obj = getattr(cfg, sect)
         setattr(obj, key, _resolve(base, getattr(obj, key)))
     for table in cfg.data.datasets:

@@ -57,6 +57,9 @@ def run_judge(args) -> int:
     from .vlm_judge import JudgeSettings, judge_edit
 
     dtype = parse_dtype(args.dtype)
+    if args.device:
+        from ..placement import parse_device
+        parse_device(args.device)          # a device this machine lacks: one clear line before any loading
     source, source_fps = read_video(args.source, max_frames=args.frames)
     edited, edited_fps = read_video(args.edited, max_frames=args.frames)
     reference = load_image(args.reference) if args.reference else None

@@ -97,10 +97,11 @@ def _open(source) -> tuple[LazyStateDict, str, dict]:
         raise CheckpointError(f"{path}: no such file or folder; {_EXPECTED}.")
     if path.is_dir() and (path / "transformer").is_dir():      # a release / pipeline root
         root, path = path, path / "transformer"
-        for part in ("source_embedder", "ref_embedder"):
-            if (root / part).is_dir():
-                facts["embedders"][part] = root / part
-        facts["release"] = bool(facts["embedders"])
+        parts = [root / part for part in ("source_embedder", "ref_embedder") if (root / part).is_dir()]
+        # An embedder folder holding only config.json (what a converter writes for a stage that trained
+        # no such branch) means "no such branch": the model loads without it.
+        facts["embedders"] = {p.name: p for p in parts if _has_weights(p) or list(p.glob("*.index.json"))}
+        facts["release"] = bool(parts)
     if path.is_dir():
         if not _has_weights(path) and not list(path.glob("*.index.json")):
             raise CheckpointError(f"{path}: the folder holds no .safetensors weights; {_EXPECTED}.")

@@ -32,7 +32,11 @@ def describe(source) -> dict:
         parts = {}
         for name in RELEASE_PARTS:
             sub = path / name
-            parts[name] = _describe_one(sub) if sub.exists() else None
+            if name.endswith("_embedder") and sub.is_dir() and not any(sub.glob("*.safetensors*")):
+                parts[name] = {"kind": "kiwi-embedder", "path": str(sub), "weights": None,
+                               "note": "config only: the release has no such branch"}
+            else:
+                parts[name] = _describe_one(sub) if sub.exists() else None
         missing = [n for n in ("transformer", "vae", "mllm_encoder", "processor") if parts[n] is None]
         return {"kind": "kiwi-release", "path": str(path), "parts": parts, "missing_parts": missing}
     return _describe_one(path)

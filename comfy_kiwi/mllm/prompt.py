@@ -95,8 +95,8 @@ class PromptProcessor:
         return int(ids[0])
 
     def check_instruction(self, instruction, allow_empty: bool = False) -> str:
-        if not isinstance(instruction, str):
-            raise InputError(f"instruction must be a string, got {type(instruction).__name__}.")
+        from ..user_text import check_user_text
+        check_user_text(instruction)
         if not instruction.strip() and not allow_empty:
             raise InputError("instruction is empty; write what to change (an empty instruction is only used "
                              "for the negative encoding of classifier-free guidance).")

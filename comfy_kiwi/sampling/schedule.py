@@ -13,6 +13,8 @@ and sampling starts from (1-σ_0)·x_init + σ_0·ε instead of pure noise.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import InputError
@@ -27,13 +29,16 @@ def shift_sigmas(s: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * s / (1 + (shift - 1) * s)
 
 
+MAX_STEPS = 1000        # the flow models' 1000 training timesteps; more steps resolve nothing new
+
+
 def flow_sigmas(steps: int, shift: float = 5.0, schedule: str | float = DEFAULT_SCHEDULE,
                 denoise: float = 1.0) -> torch.Tensor:
     """The ``steps`` sigmas of one sampling run, float64, descending. The step after the last goes to 0."""
-    if not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a whole number ≥ 1, got {steps!r}.")
-    if not shift > 0:
-        raise InputError(f"shift must be > 0, got {shift!r}.")
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}.")
+    if not (math.isfinite(shift) and shift > 0):
+        raise InputError(f"shift must be a finite number > 0, got {shift!r}.")
     if not 0.0 < denoise <= 1.0:
         raise InputError(f"denoise must be in (0, 1], got {denoise!r}.")
     if isinstance(schedule, str):

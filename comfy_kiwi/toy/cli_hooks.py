@@ -20,6 +20,20 @@ def toy_model_folder(model) -> Path | None:
     return path if is_toy_release(path) else None
 
 
+def check_default_model_input(frames: torch.Tensor, video) -> None:
+    """Without ``--model`` the toy model runs; it edits only toy-world videos (32×32 frames). Any other
+    video gets one line saying so and how to pass a real release, not an error from deep inside."""
+    from ..errors import InputError
+    from .world import FRAME_SIZE
+    height, width = int(frames.shape[1]), int(frames.shape[2])
+    if (height, width) != (FRAME_SIZE, FRAME_SIZE):
+        raise InputError(f"no --model given, so the built-in toy model would edit {video}, but it only edits "
+                         f"toy-world videos ({FRAME_SIZE}×{FRAME_SIZE} px, e.g. "
+                         "comfy_kiwi/toy/examples/toy_scene.mp4) "
+                         f"and this one is {width}×{height}; pass a Kiwi-Edit release folder, e.g. "
+                         "--model /models/kiwi/kiwi-edit-5b-instruct-reference-diffusers.")
+
+
 def load_pipeline(folder: Path, device, dtype):
     return load_toy_pipeline(folder, device=device, dtype=dtype)
 

@@ -114,6 +114,12 @@ def score_frames(output_frames, source: np.ndarray, target: np.ndarray) -> ToySc
 
 def score_edit(output_frames, example: ToyExample) -> ToyScores:
     """Scores of an edited video (``[F, H, W, 3]``, uint8 or float 0..1) for one toy example."""
+    from ..frames import check_frames
+    frames = check_frames(output_frames, "edited frames")
+    want = tuple(example.source_labels.shape[:3])
+    if tuple(frames.shape[:3]) != want:
+        raise InputError(f"edited frames {tuple(frames.shape[:3])} do not match the example's {want} "
+                         "(frames, height, width): judge the edit of this example.")
     return score_frames(output_frames, example.source_labels, example.target_labels)
 
 

@@ -47,7 +47,11 @@ class Record:
 
 
 def _rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the "
+                         "dataset as UTF-8.") from None
     if path.suffix.lower() == ".jsonl":
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
