@@ -76,7 +76,8 @@ CONFIG_CASES = [
     ("config-missing", "MISSING", [], "no such file"),
     ("config-is-folder", "FOLDER", [], "no such file"),
     ("resume-missing", None, ["--resume", "/nonexistent/step-9"], "step-9"),
-    ("max-steps-negative", None, ["--max-steps", "-4"], "max_steps"),
+    ("max-steps-negative", None, ["--max-steps", "-4"], "--max-steps"),
+    ("schedule-steps-zero", None, ["--schedule-steps", "0"], "--schedule-steps"),
 ]
 
 

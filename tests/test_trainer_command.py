@@ -20,7 +20,7 @@ from trainer_fixtures import write_models, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 # what makes a 20000-step 632² preset a seconds-long CPU run on the tiny models
-SHRINK = ["--max-steps", "2", "--set", "data.resolution=64", "--set", "data.text_len=16", "--set", "model.dtype=fp32",
+SHRINK = ["--schedule-steps", "2", "--set", "data.resolution=64", "--set", "data.text_len=16", "--set", "model.dtype=fp32",
           "--set", "precision.mixed=no", "--set", "precision.gradient_checkpointing=false",
           "--set", "schedule.grad_accum=1", "--set", "schedule.warmup_steps=1", "--set", "checkpoint.every=1",
           "--set", "sampling.every=0", "--set", "logging.tensorboard=false", "--set", "logging.progress=false",

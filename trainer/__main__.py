@@ -110,6 +110,9 @@ def _load(args, extra: dict | None = None):
 
 def _train(args) -> int:
     from .loop import train
+    for flag, value in (("--max-steps", args.max_steps), ("--schedule-steps", args.schedule_steps)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value}: give a number of optimiser steps ≥ 1.")
     schedule = {k: v for k, v in (("stop_at", args.max_steps), ("max_steps", args.schedule_steps)) if v is not None}
     cfg = _load(args, {"schedule": schedule} if schedule else None)
     if args.resume not in (None, "auto") and not Path(args.resume).exists():    # before models load and caches fill
