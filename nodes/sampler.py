@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from .common import (CATEGORY_SAMPLING, KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, kiwi,
+from comfy_kiwi.comfyui import adapter as comfy_adapter
+from comfy_kiwi.comfyui import placement
+from comfy_kiwi.errors import InputError
+
+from .common import (CATEGORY_SAMPLING, KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE,
                      seed_steps_shift_inputs, tip)
 from .common import step_cache_input
 
 
 def check_compatible(dit, cond, source, cfg: float) -> None:
     """Mismatched parts fail here with a message naming the fix, not deep inside the model."""
-    InputError = kiwi("errors").InputError
     model, c = dit.model, dit.model.config
     if source.source_latents is None:
         raise InputError("the source has no latents; connect Kiwi Encode Source.")
@@ -79,8 +82,8 @@ class KiwiSampler:
     def sample(self, dit, conditioning, source, seed, steps, shift, cfg, denoise, schedule, block_swap=-1,
                step_cache=0.0):
         check_compatible(dit, conditioning, source, float(cfg))
-        pipeline, placement = kiwi("pipeline"), kiwi("placement")
-        device = kiwi("comfy_adapter").compute_device()
+        from comfy_kiwi import pipeline
+        device = comfy_adapter.compute_device()
         n = self.swap_count(dit, source, device, int(block_swap), float(cfg) != 1.0)
         settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), schedule=schedule, cfg=float(cfg),
                                          seed=int(seed), denoise=float(denoise), progress=True, block_swap=n,
@@ -107,10 +110,11 @@ class KiwiSampler:
         if torch.device(device).type != "cuda":
             return 0
         free_gb = torch.cuda.mem_get_info(device)[0] / 2**30
+        from comfy_kiwi.memory import planner
         try:
-            return kiwi("memory.planner").block_swap_for(dit.model.config, source.source_latents.shape, free_gb,
-                                                         cfg=cfg, reference=source.reference_latents is not None)
-        except kiwi("errors").InputError:
+            return planner.block_swap_for(dit.model.config, source.source_latents.shape, free_gb,
+                                          cfg=cfg, reference=source.reference_latents is not None)
+        except InputError:
             return 0
 
 
