@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .errors import KiwiError
+from .errors import run_verb
 
 
 def _cmd_info(args) -> int:
@@ -36,18 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_parser(sub)
     add_toy_data_parser(sub)
     return p
-
-
-def run_verb(parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse, run the chosen verb, and turn a KiwiError into one readable line and exit code 2.
-
-    Shared by ``python -m comfy_kiwi``, ``python -m trainer`` and ``python -m trainer.data``."""
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except KiwiError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 def main(argv=None) -> int:
