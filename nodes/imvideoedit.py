@@ -19,7 +19,7 @@ from comfy_kiwi import errors
 from comfy_kiwi.comfyui import model_cache, model_folders, placement
 
 from .common import (DEVICES, DTYPE_TIP, DTYPES, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, files_fingerprint,
-                     resolve_weights, tip, torch_dtype)
+                     resolve_weights, seed_steps_shift_inputs, tip, torch_dtype)
 from .common import step_cache_input
 
 KIWI_IMVIDEOEDIT = "KIWI_IMVIDEOEDIT"
@@ -151,12 +151,9 @@ class KiwiImVideoEditSampler:
             "conditioning": (KIWI_UMT5_CONDITIONING, tip("The caption context from Kiwi UMT5 Encode.")),
             "source": (KIWI_SOURCE, tip("Source latents from Kiwi Encode Source, encoded with the Wan2.1 VAE "
                                         "(no reference image).")),
-            "seed": ("INT", tip("Seed of the starting noise (drawn on the CPU, so a seed gives the same result on "
-                                "every machine).", default=0, min=0, max=0xffffffffffffffff,
-                                control_after_generate=True)),
-            "steps": ("INT", tip("Sampling steps; 50 as Wan, 20-30 are often enough.", default=50, min=1, max=1000)),
-            "shift": ("FLOAT", tip("Schedule shift: higher spends more steps at high noise.",
-                                   default=5.0, min=0.01, max=100.0, step=0.01)),
+            **seed_steps_shift_inputs(
+                "Seed of the starting noise (drawn on the CPU, so a seed gives the same result on every machine).",
+                "Sampling steps; 50 as Wan, 20-30 are often enough."),
             "schedule": (["kiwi", "diffusers"], tip("Last noise level: kiwi goes down to 0 (as the trainer's samples), "
                                                     "diffusers stops at 0.003.", default="kiwi")),
         }, "optional": step_cache_input()}
