@@ -149,5 +149,6 @@ COMMAND_LINE = ("comfy_kiwi.cli", "comfy_kiwi.edit_command", "comfy_kiwi.memory.
 
 
 def test_the_trainer_does_not_import_the_command_line():
-    found = [f"{p.relative_to(ROOT)}:{line}: {m}" for p, line, m, _ in _imports("trainer") if m.startswith(COMMAND_LINE)]
+    found = [f"{p.relative_to(ROOT)}:{line}: {m}" for p, line, m, _ in _imports("trainer")
+             if m.startswith(COMMAND_LINE)]
     assert not found, found
