@@ -111,18 +111,25 @@ def test_every_registered_node_is_listed_in_the_comfyui_doc():
 
 
 def _imports(folder: str):
-    """(file, line, module, names) of every `from comfy_kiwi... import ...` / `import comfy_kiwi...` under folder."""
+    """(file, line, module, names) of every `from comfy_kiwi... import ...` / `import comfy_kiwi...` under folder
+    (relative imports inside comfy_kiwi/ resolved to their absolute names)."""
     for path in sorted((ROOT / folder).rglob("*.py")):
+        package = ".".join(path.relative_to(ROOT).parent.parts)      # what a relative import starts from
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("comfy_kiwi"):
-                yield path, node.lineno, node.module, [a.name for a in node.names]
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level and folder == "comfy_kiwi":
+                    module = importlib.util.resolve_name("." * node.level + module, package)
+                if node.level and folder != "comfy_kiwi" or not module.startswith("comfy_kiwi"):
+                    continue
+                yield path, node.lineno, module.rstrip("."), [a.name for a in node.names]
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     if a.name.startswith("comfy_kiwi"):
                         yield path, node.lineno, a.name, []
 
 
-@pytest.mark.parametrize("folder", ["nodes", "trainer", "bench", "tools"])
+@pytest.mark.parametrize("folder", ["nodes", "comfy_kiwi", "trainer", "bench", "tools"])
 def test_every_static_import_of_the_library_resolves(folder):
     """Imports inside functions run only when a node runs: a stale path (a moved module) must fail here."""
     bad = []
