@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from comfy_kiwi.memory import BlockSwap  # noqa: E402
 from comfy_kiwi.models.wan_config import WanDiTConfig  # noqa: E402
-from comfy_kiwi.placement import module_bytes  # noqa: E402
+from comfy_kiwi.comfyui.placement import module_bytes  # noqa: E402
 from comfy_kiwi.testing.tiny_dit import random_inputs, tiny_dit  # noqa: E402
 
 

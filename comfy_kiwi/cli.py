@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from .errors import KiwiError
+from .errors import run_verb
 
 
 def _cmd_info(args) -> int:
@@ -57,22 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in sub.choices.values():
         verb.formatter_class = HelpFormatter
     return p
-
-
-def run_verb(parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse, run the chosen verb, and turn a KiwiError into one readable line and exit code 2.
-
-    Shared by ``python -m comfy_kiwi``, ``python -m trainer`` and ``python -m trainer.data``."""
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except KiwiError as e:
-        message = str(e)
-    except OSError as e:        # a file the system refused (permissions, a full disk, a file where a folder was)
-        message = f"cannot access{f' {e.filename}' if e.filename else ''}: {e.strerror or e}"
-    # a path with undecodable bytes (surrogates) must not turn the error line itself into a crash
-    print("error: " + message.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
-    return 2
 
 
 def main(argv=None) -> int:

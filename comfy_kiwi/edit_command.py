@@ -11,7 +11,7 @@ from pathlib import Path
 from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
 from .output_paths import check_writable_folder, replacing
-from .placement import parse_device
+from .comfyui.placement import parse_device
 from .sampling.schedule import MAX_STEPS
 from .user_text import check_user_text
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from . import comfy_adapter
+from .comfyui import adapter as comfy_adapter
 from .errors import CheckpointError, InputError
 from .frames import frames_to_vae, pad_reference, prepare_frames, vae_to_frames
-from .placement import on_device
+from .comfyui.placement import on_device
 from .sampling import flow_sigmas, noise_like, sample_euler, sigma_to_timestep, start_latents
 from .sampling.step_cache import step_cache
 

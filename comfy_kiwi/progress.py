@@ -2,12 +2,12 @@
 
 Inside ComfyUI (``comfy`` importable) steps go to ``comfy.utils.ProgressBar`` and every step asks
 ComfyUI whether the user pressed "cancel"; elsewhere a tqdm bar is shown. The library never imports
-ComfyUI at module import time: :mod:`comfy_kiwi.comfy_adapter` is asked at run time.
+ComfyUI at module import time: :mod:`comfy_kiwi.comfyui.adapter` is asked at run time.
 """
 
 from __future__ import annotations
 
-from . import comfy_adapter
+from .comfyui import adapter as comfy_adapter
 
 
 class Progress:

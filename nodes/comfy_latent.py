@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .common import CATEGORY_LATENT, KIWI_LATENT, KIWI_VAE, kiwi, tip
+from comfy_kiwi.comfyui import latent as comfy_latent
+
+from .common import CATEGORY_LATENT, KIWI_LATENT, KIWI_VAE, tip
 
 _VAE_TIP = "The Kiwi VAE of the latents (its per-channel statistics convert between the two scales)."
 
@@ -23,7 +25,7 @@ class KiwiLatentToLATENT:
                              "kiwi_latent": (KIWI_LATENT, tip("Latents from a Kiwi sampler."))}}
 
     def convert(self, vae, kiwi_latent):
-        return (kiwi("comfy_latent").to_comfy(kiwi_latent, vae),)
+        return (comfy_latent.to_comfy(kiwi_latent, vae),)
 
 
 class KiwiLatentFromLATENT:
@@ -41,7 +43,7 @@ class KiwiLatentFromLATENT:
                              "latent": ("LATENT", tip("A Wan video LATENT (16 channels for Wan2.1, 48 for 2.2)."))}}
 
     def convert(self, vae, latent):
-        return (kiwi("comfy_latent").from_comfy(latent, vae),)
+        return (comfy_latent.from_comfy(latent, vae),)
 
 
 NODE_CLASS_MAPPINGS = {"KiwiLatentToLATENT": KiwiLatentToLATENT, "KiwiLatentFromLATENT": KiwiLatentFromLATENT}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .common import CATEGORY_LATENT, KIWI_LATENT, KIWI_VAE, kiwi, tip
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import placement
+
+from .common import CATEGORY_LATENT, KIWI_LATENT, KIWI_VAE, tip
 
 
 class KiwiVAEDecode:
@@ -26,17 +29,17 @@ class KiwiVAEDecode:
     def decode(self, vae, latent, tiled):
         import torch
         if not isinstance(latent, torch.Tensor) or latent.ndim != 5:
-            raise kiwi("errors").InputError(f"latent must be a [B, C, F, H, W] tensor from a Kiwi sampler; got "
-                                            f"{tuple(getattr(latent, 'shape', ())) or type(latent).__name__}.")
+            raise errors.InputError(f"latent must be a [B, C, F, H, W] tensor from a Kiwi sampler; got "
+                                    f"{tuple(getattr(latent, 'shape', ())) or type(latent).__name__}.")
         if not torch.isfinite(latent).all():
-            raise kiwi("errors").InputError("the latent holds NaN or infinite values; sample it again (check the "
-                                            "sampler's inputs).")
+            raise errors.InputError("the latent holds NaN or infinite values; sample it again (check the "
+                                    "sampler's inputs).")
         channels = latent.shape[1]
         if channels != vae.config.z_dim:
-            raise kiwi("errors").InputError(
+            raise errors.InputError(
                 f"the latents have {channels} channels but this VAE decodes {vae.config.z_dim}; use the VAE that "
                 "belongs to the DiT (the one that encoded the source).")
-        pipeline, placement = kiwi("pipeline"), kiwi("placement")
+        from comfy_kiwi import pipeline
         with placement.on_device(vae) as device:
             frames = pipeline.EditPipeline(None, vae, None, device=device).decode(latent, tiled=bool(tiled))
         return (frames,)

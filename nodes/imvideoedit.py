@@ -13,19 +13,19 @@ Custom types of this module (besides those in common.py):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
+
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import model_cache, model_folders, placement
 
 from .common import (DEVICES, DTYPE_TIP, DTYPES, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, files_fingerprint,
-                     kiwi, tip, torch_dtype)
+                     resolve_weights, seed_steps_shift_inputs, tip, torch_dtype)
 from .common import step_cache_input
 
 KIWI_IMVIDEOEDIT = "KIWI_IMVIDEOEDIT"
 KIWI_UMT5 = "KIWI_UMT5"
 KIWI_UMT5_CONDITIONING = "KIWI_UMT5_CONDITIONING"
 CATEGORY_IMVIDEOEDIT = "Kiwi Edit/ImVideoEdit"
-UMT5_MODEL_TYPES = ("umt5", "t5")
 
 
 @dataclass(frozen=True)
@@ -37,63 +37,8 @@ class ImVideoEditHandle:
     weights: dict
 
     def applied(self):
-        return kiwi("methods.imvideoedit").applied(self.dit.model, self.weights)
-
-
-def _resolve(name: str) -> Path:
-    path = Path(name)
-    if path.is_absolute() and path.is_file():       # scripts and tests may pass a full path
-        return path
-    return kiwi("model_folders").resolve("lora", name)
-
-
-# --- umT5 folders in models/text_encoders/ ------------------------------------------------------------
-
-def _model_type(config: Path) -> str | None:
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def is_umt5_folder(path: Path) -> bool:
-    """A transformers umT5 folder (config.json model_type umt5/t5), or a diffusers root with text_encoder/."""
-    for config in (path / "config.json", path / "text_encoder" / "config.json"):
-        if config.is_file() and _model_type(config) in UMT5_MODEL_TYPES:
-            return True
-    return False
-
-
-def umt5_choices() -> list[str]:
-    found = set()
-    for root in map(Path, kiwi("comfy_adapter").model_folders("text_encoders")):
-        if not root.is_dir():
-            continue
-        frontier = [root]
-        for _ in range(2):                           # a folder may sit one level down (org/name)
-            nxt = []
-            for folder in frontier:
-                for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                    if is_umt5_folder(sub):
-                        found.add(sub.relative_to(root).as_posix())
-                    else:
-                        nxt.append(sub)
-            frontier = nxt
-    return sorted(found)
-
-
-def resolve_umt5(name: str) -> Path:
-    errors = kiwi("errors")
-    folders = kiwi("comfy_adapter").model_folders("text_encoders")
-    for root in folders:
-        path = Path(root) / (name or "").strip()
-        if name and name.strip() and path.is_dir():
-            if not is_umt5_folder(path):
-                raise errors.CheckpointError(f"'{name}' is not a umT5 folder: expected config.json with model_type "
-                                             "umt5 (or a diffusers Wan2.1 folder with text_encoder/ and tokenizer/).")
-            return path
-    raise errors.CheckpointError(f"umT5 folder '{name}' was not found in {', '.join(map(str, folders))}; put the "
-                                 "Wan2.1 umT5 encoder folder there, press R in ComfyUI to refresh, and pick it.")
+        from comfy_kiwi.methods import imvideoedit
+        return imvideoedit.applied(self.dit.model, self.weights)
 
 
 # --- nodes ---------------------------------------------------------------------------------------------
@@ -111,7 +56,7 @@ class KiwiImVideoEditLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "weights_name": (kiwi("model_folders").choices("imvideoedit"),
+            "weights_name": (model_folders.choices("imvideoedit"),
                              tip("The ImVideoEdit weights file (safetensors) in models/loras/.")),
             "dit": (KIWI_DIT, tip("The Wan2.1 T2V DiT the modules were trained on (e.g. Wan2.1-T2V-1.3B).")),
         }}
@@ -121,10 +66,11 @@ class KiwiImVideoEditLoader:
         return files_fingerprint("lora", weights_name)
 
     def load(self, weights_name, dit):
-        ive = kiwi("methods.imvideoedit")
-        kiwi("methods.imvideoedit_pipeline").check_dit(dit.model)
-        path = _resolve(weights_name)
-        weights = kiwi("model_cache").cached_load("imvideoedit", path, lambda: ive.read_weights(path))
+        from comfy_kiwi.methods import imvideoedit as ive
+        from comfy_kiwi.methods.imvideoedit_pipeline import check_dit
+        check_dit(dit.model)
+        path = resolve_weights(weights_name)
+        weights = model_cache.cached_load("imvideoedit", path, lambda: ive.read_weights(path))
         with ive.applied(dit.model, weights):          # checks the shapes against this DiT now, not at sampling
             pass
         return (ImVideoEditHandle(dit, weights),)
@@ -143,7 +89,7 @@ class KiwiUMT5Loader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "encoder_name": (umt5_choices(), tip("The umT5 folder in models/text_encoders/.")),
+            "encoder_name": (model_folders.umt5_choices(), tip("The umT5 folder in models/text_encoders/.")),
             "dtype": (DTYPES, tip(DTYPE_TIP, default="auto")),
             "device": (DEVICES, tip("Where the weights wait between runs. auto: in RAM, moved to the GPU only while "
                                     "encoding (it runs once per edit). cpu: also encode on the CPU when ComfyUI "
@@ -155,12 +101,11 @@ class KiwiUMT5Loader:
         return files_fingerprint("mllm", encoder_name)        # the mllm kind's folder is models/text_encoders/
 
     def load(self, encoder_name, dtype, device):
-        placement, cache = kiwi("placement"), kiwi("model_cache")
-        path = resolve_umt5(encoder_name)
+        from comfy_kiwi.text_encoders.umt5 import UMT5TextEncoder
+        path = model_folders.resolve_umt5(encoder_name)
         home, td = placement.home_device(device, "mllm"), torch_dtype(dtype)
-        umt5 = kiwi("text_encoders.umt5")
-        return (cache.cached_load("umt5", path, lambda: umt5.UMT5TextEncoder(path, dtype=td, device=home),
-                                  dtype=td, device=home),)
+        return (model_cache.cached_load("umt5", path, lambda: UMT5TextEncoder(path, dtype=td, device=home),
+                                        dtype=td, device=home),)
 
 
 class KiwiUMT5Encode:
@@ -182,9 +127,10 @@ class KiwiUMT5Encode:
         }}
 
     def encode(self, umt5, caption, text_len):
-        pipeline = kiwi("pipeline")
-        with kiwi("placement").on_device(umt5.model):
-            context = kiwi("methods.imvideoedit_pipeline").caption_context(umt5, caption, int(text_len))
+        from comfy_kiwi import pipeline
+        from comfy_kiwi.methods.imvideoedit_pipeline import caption_context
+        with placement.on_device(umt5.model):
+            context = caption_context(umt5, caption, int(text_len))
         return (pipeline.EditConditioning(context.float().cpu()),)
 
 
@@ -205,18 +151,16 @@ class KiwiImVideoEditSampler:
             "conditioning": (KIWI_UMT5_CONDITIONING, tip("The caption context from Kiwi UMT5 Encode.")),
             "source": (KIWI_SOURCE, tip("Source latents from Kiwi Encode Source, encoded with the Wan2.1 VAE "
                                         "(no reference image).")),
-            "seed": ("INT", tip("Seed of the starting noise (drawn on the CPU, so a seed gives the same result on "
-                                "every machine).", default=0, min=0, max=0xffffffffffffffff,
-                                control_after_generate=True)),
-            "steps": ("INT", tip("Sampling steps; 50 as Wan, 20-30 are often enough.", default=50, min=1, max=1000)),
-            "shift": ("FLOAT", tip("Schedule shift: higher spends more steps at high noise.",
-                                   default=5.0, min=0.01, max=100.0, step=0.01)),
+            **seed_steps_shift_inputs(
+                "Seed of the starting noise (drawn on the CPU, so a seed gives the same result on every machine).",
+                "Sampling steps; 50 as Wan, 20-30 are often enough."),
             "schedule": (["kiwi", "diffusers"], tip("Last noise level: kiwi goes down to 0 (as the trainer's samples), "
                                                     "diffusers stops at 0.003.", default="kiwi")),
         }, "optional": step_cache_input()}
 
     def sample(self, imvideoedit, conditioning, source, seed, steps, shift, schedule, step_cache=0.0):
-        errors, pipeline, placement = kiwi("errors"), kiwi("pipeline"), kiwi("placement")
+        from comfy_kiwi import pipeline
+        from comfy_kiwi.methods.imvideoedit_pipeline import sample_imvideoedit
         if source.source_latents is None:
             raise errors.InputError("the source has no latents; connect Kiwi Encode Source.")
         if source.reference_latents is not None:
@@ -226,7 +170,7 @@ class KiwiImVideoEditSampler:
                                          progress=True, step_cache=float(step_cache))
         dit = imvideoedit.dit
         with placement.on_device(dit.model):          # LoRAs of the DiT handle go on after the modules attach
-            latents = kiwi("methods.imvideoedit_pipeline").sample_imvideoedit(
+            latents = sample_imvideoedit(
                 dit.model, imvideoedit.weights, source.source_latents, conditioning.context, settings,
                 while_applied=dit.applied)
         return (latents.float().cpu(),)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from .judge_common import (CATEGORY_JUDGE, DEVICE_CHOICES, DTYPE_CHOICES, VLM_TYPE, device_arg, dumps,
-                           folder_fingerprint, lib, model_folder_choices, resolve_model_folder, tip, torch_dtype,
-                           validate_model_folder)
+from comfy_kiwi.comfyui import model_folders
+
+from .common import (CATEGORY_JUDGE, DTYPES, JUDGE_DEVICES, KIWI_VLM, device_arg, dumps, folder_fingerprint,
+                     judge_dtype, tip, validate_model_folder)
 
 
 class KiwiVLMLoader:
@@ -15,18 +16,18 @@ class KiwiVLMLoader:
                    "much of each image and video frame the judge sees.")
     CATEGORY = CATEGORY_JUDGE
     FUNCTION = "load"
-    RETURN_TYPES = (VLM_TYPE,)
+    RETURN_TYPES = (KIWI_VLM,)
     RETURN_NAMES = ("vlm",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vlm_name": (model_folder_choices("vlm"),
+            "vlm_name": (model_folders.stock_folder_choices("vlm"),
                          tip("A Qwen2.5-VL folder in models/text_encoders/ (the whole Hugging Face repository: "
                              "config.json, model*.safetensors, tokenizer files). An absolute folder path is "
                              "accepted too (API prompts).")),
-            "dtype": (DTYPE_CHOICES, tip("Weight dtype; auto = bf16 on GPU, fp32 on CPU.", default="auto")),
-            "device": (DEVICE_CHOICES, tip("auto = ComfyUI's device.", default="auto")),
+            "dtype": (DTYPES, tip("Weight dtype; auto = bf16 on GPU, fp32 on CPU.", default="auto")),
+            "device": (JUDGE_DEVICES, tip("auto = ComfyUI's device.", default="auto")),
             "max_frames": ("INT", tip("Frames of each video shown to the judge (uniformly sampled).",
                                       default=16, min=1, max=256)),
             "max_pixels_per_frame": ("INT", tip("Pixel budget of each video frame (Qwen resizes to multiples of 28).",
@@ -44,11 +45,11 @@ class KiwiVLMLoader:
         return folder_fingerprint("vlm", vlm_name)
 
     def load(self, vlm_name, dtype, device, max_frames, max_pixels_per_frame, image_max_pixels):
-        j = lib()
-        path = resolve_model_folder("vlm", vlm_name)
-        settings = j.VLMSettings(max_frames=int(max_frames), max_pixels_per_frame=int(max_pixels_per_frame),
+        from comfy_kiwi import judging
+        path = model_folders.resolve_stock_folder("vlm", vlm_name)
+        settings = judging.VLMSettings(max_frames=int(max_frames), max_pixels_per_frame=int(max_pixels_per_frame),
                                  image_max_pixels=int(image_max_pixels))
-        return (j.load_vlm(path, dtype=torch_dtype(dtype), device=device_arg(device), settings=settings),)
+        return (judging.load_vlm(path, dtype=judge_dtype(dtype), device=device_arg(device), settings=settings),)
 
 
 _CAP = {"rubric default": None, "enforce": True, "off": False}
@@ -66,13 +67,14 @@ class KiwiJudge:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from comfy_kiwi.judging import rubrics
         return {"required": {
-            "vlm": (VLM_TYPE, tip("Judge model from Kiwi VLM Loader.")),
+            "vlm": (KIWI_VLM, tip("Judge model from Kiwi VLM Loader.")),
             "source": ("IMAGE", tip("Source frames (a video as a batch of frames, or one image).")),
             "edited": ("IMAGE", tip("Edited frames.")),
             "instruction": ("STRING", tip("The editing instruction the edit was made from.", multiline=True,
                                           default="")),
-            "rubric": ([n for n in lib("comfy_kiwi.judging.rubrics").RUBRIC_NAMES
+            "rubric": ([n for n in rubrics.RUBRIC_NAMES
                         if n not in ("reference-quality", "edit-pair-quality")],
                        tip("vie-bench: mean of 3-4 scores 0-10; refvie-*: mean of 3 scores 1-5 (cap on); "
                            "openve-*: mean of 3 scores 1-5; imvideoedit-100: sum of 4 scores, 0-100; rvedit-100: "
@@ -95,12 +97,12 @@ class KiwiJudge:
 
     def judge(self, vlm, source, edited, instruction, rubric, attempts, seed, cap, on_failure, fps, max_new_tokens,
               reference=None):
-        j = lib()
-        settings = j.JudgeSettings(attempts=int(attempts), seed=int(seed), enforce_cap=_CAP[cap],
+        from comfy_kiwi import judging
+        settings = judging.JudgeSettings(attempts=int(attempts), seed=int(seed), enforce_cap=_CAP[cap],
                                    max_new_tokens=int(max_new_tokens))
         ref = reference[:1] if reference is not None else None
         rate = float(fps) if fps and fps > 0 else None
-        result = j.judge_edit(vlm, source, edited, instruction, ref, rubric, None, settings,
+        result = judging.judge_edit(vlm, source, edited, instruction, ref, rubric, None, settings,
                               source_fps=rate, edited_fps=rate)
         if not result.ok and on_failure == "error":
             result.raise_for_failure()

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import adapter as comfy_adapter
+from comfy_kiwi.comfyui import model_cache, model_folders, placement
+
 from .common import (ATTENTION, CATEGORY_LOADERS, DEVICE_TIP, DEVICES, DIT_DTYPES, DTYPE_TIP, DTYPES, KIWI_DIT,
-                     KIWI_MLLM, KIWI_VAE, files_fingerprint, kiwi, tip, torch_dtype)
+                     KIWI_MLLM, KIWI_VAE, files_fingerprint, tip, torch_dtype)
 
 NO_CHECKPOINT = "none"
 
@@ -19,56 +23,54 @@ NO_CHECKPOINT = "none"
 
 def _weights_bytes(path: Path, release_parts: tuple[str, ...]) -> int:
     """Size of what will be loaded: only the part's folders when ``path`` is a whole release."""
-    placement = kiwi("placement")
-    if kiwi("model_folders").is_release_folder(path):
+    if model_folders.is_release_folder(path):
         return sum(placement.weights_bytes(path / p) for p in release_parts if (path / p).exists())
     return placement.weights_bytes(path)
 
 
 def load_dit_cached(path: Path, dtype: str, device: str, attention: str):
-    placement, cache = kiwi("placement"), kiwi("model_cache")
+    from comfy_kiwi.loading.dit_loader import load_dit
+    from comfy_kiwi.models.dit_lora import DiTHandle
     home, td = placement.home_device(device, "dit"), torch_dtype(dtype)
 
     def load():
         placement.make_room(_weights_bytes(path, ("transformer", "source_embedder", "ref_embedder")), home)
-        return kiwi("loading.dit_loader").load_dit(path, dtype=td, device=home, attention=attention)
+        return load_dit(path, dtype=td, device=home, attention=attention)
 
-    model = cache.cached_load("dit", path, load, dtype=td, device=home, attention=attention)
-    return kiwi("models.dit_lora").DiTHandle(model)
+    model = model_cache.cached_load("dit", path, load, dtype=td, device=home, attention=attention)
+    return DiTHandle(model)
 
 
 def load_vae_cached(path: Path, dtype: str, device: str):
-    placement, cache = kiwi("placement"), kiwi("model_cache")
+    from comfy_kiwi.loading.vae_loader import load_vae
     home, td = placement.home_device(device, "vae"), torch_dtype(dtype)
 
     def load():
         placement.make_room(placement.weights_bytes(path), home)
-        return kiwi("loading.vae_loader").load_vae(path, dtype=td, device=home)
+        return load_vae(path, dtype=td, device=home)
 
-    return cache.cached_load("vae", path, load, dtype=td, device=home)
+    return model_cache.cached_load("vae", path, load, dtype=td, device=home)
 
 
 def load_mllm_cached(path: Path, checkpoint: Path | None, dtype: str, device: str):
-    placement, cache = kiwi("placement"), kiwi("model_cache")
+    from comfy_kiwi.mllm.loader import load_mllm_encoder
     home, td = placement.home_device(device, "mllm"), torch_dtype(dtype)
-    loader = kiwi("mllm.loader")
 
     def load():
         placement.make_room(_weights_bytes(path, ("mllm_encoder",)), home)
         if checkpoint is None:
-            return loader.load_mllm_encoder(path, dtype=td, device=home)
-        return loader.load_mllm_encoder(checkpoint, base=path, dtype=td, device=home)
+            return load_mllm_encoder(path, dtype=td, device=home)
+        return load_mllm_encoder(checkpoint, base=path, dtype=td, device=home)
 
     key_path = path if checkpoint is None else checkpoint
-    return cache.cached_load("mllm", key_path, load, dtype=td, device=home, base=str(path))
+    return model_cache.cached_load("mllm", key_path, load, dtype=td, device=home, base=str(path))
 
 
 def _validated(kind: str, name: str) -> str | bool:
     """VALIDATE_INPUTS body: the model exists and is of the right kind (headers only)."""
-    folders = kiwi("model_folders")
     try:
-        folders.check_kind(folders.resolve(kind, name), kind, name)
-    except kiwi("errors").KiwiError as e:
+        model_folders.check_kind(model_folders.resolve(kind, name), kind, name)
+    except errors.KiwiError as e:
         return str(e)
     return True
 
@@ -89,7 +91,7 @@ class KiwiDiTLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "dit_name": (kiwi("model_folders").choices("dit"),
+            "dit_name": (model_folders.choices("dit"),
                          tip("The DiT file (models/diffusion_models/) or a release's transformer.")),
             "dtype": (DIT_DTYPES, tip(DTYPE_TIP + " fp8_e4m3fn stores the block weights in 8 bits (half the memory "
                                       "of bf16) and computes in bf16.", default="auto")),
@@ -106,7 +108,7 @@ class KiwiDiTLoader:
         return files_fingerprint("dit", dit_name)
 
     def load(self, dit_name, dtype, device, attention):
-        return (load_dit_cached(kiwi("model_folders").resolve("dit", dit_name), dtype, device, attention),)
+        return (load_dit_cached(model_folders.resolve("dit", dit_name), dtype, device, attention),)
 
 
 class KiwiVAELoader:
@@ -121,7 +123,7 @@ class KiwiVAELoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vae_name": (kiwi("model_folders").choices("vae"), tip("The VAE file (models/vae/) or a release's vae/.")),
+            "vae_name": (model_folders.choices("vae"), tip("The VAE file (models/vae/) or a release's vae/.")),
             "dtype": (DTYPES, tip(DTYPE_TIP, default="auto")),
             "device": (DEVICES, tip(DEVICE_TIP, default="auto")),
         }}
@@ -135,8 +137,8 @@ class KiwiVAELoader:
         return files_fingerprint("vae", vae_name)
 
     def load(self, vae_name, dtype, device):
-        path = kiwi("model_folders").resolve("vae", vae_name)
-        if kiwi("model_folders").is_release_folder(path):
+        path = model_folders.resolve("vae", vae_name)
+        if model_folders.is_release_folder(path):
             path = path / "vae"
         return (load_vae_cached(path, dtype, device),)
 
@@ -153,12 +155,11 @@ class KiwiMLLMLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        folders = kiwi("model_folders")
         return {"required": {
-            "mllm_name": (folders.choices("mllm"),
+            "mllm_name": (model_folders.choices("mllm"),
                           tip("A folder in models/text_encoders/ (Qwen2.5-VL, or mllm_encoder/ + processor/) or a "
                               "release's MLLM.")),
-            "kiwi_checkpoint": ([NO_CHECKPOINT] + kiwi("comfy_adapter").model_files("diffusion_models"),
+            "kiwi_checkpoint": ([NO_CHECKPOINT] + comfy_adapter.model_files("diffusion_models"),
                                 tip("Only with a stock Qwen2.5-VL folder: a Kiwi-Edit training checkpoint "
                                     "(models/diffusion_models/) whose mllm.* tensors (queries, connectors, LoRA) "
                                     "complete it. 'none' for a release.", default=NO_CHECKPOINT)),
@@ -174,8 +175,8 @@ class KiwiMLLMLoader:
         if ok is not True or kiwi_checkpoint == NO_CHECKPOINT:
             return ok
         try:
-            kiwi("model_folders").resolve("dit", kiwi_checkpoint)
-        except kiwi("errors").KiwiError as e:
+            model_folders.resolve("dit", kiwi_checkpoint)
+        except errors.KiwiError as e:
             return str(e)
         return True
 
@@ -185,9 +186,8 @@ class KiwiMLLMLoader:
         return files_fingerprint("mllm", mllm_name) + ckpt
 
     def load(self, mllm_name, kiwi_checkpoint, dtype, device):
-        folders = kiwi("model_folders")
-        path = folders.resolve("mllm", mllm_name)
-        ckpt = None if kiwi_checkpoint == NO_CHECKPOINT else folders.resolve("dit", kiwi_checkpoint)
+        path = model_folders.resolve("mllm", mllm_name)
+        ckpt = None if kiwi_checkpoint == NO_CHECKPOINT else model_folders.resolve("dit", kiwi_checkpoint)
         return (load_mllm_cached(path, ckpt, dtype, device),)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import model_folders
+
 from .common import (ATTENTION, CATEGORY_LOADERS, DEVICE_TIP, DEVICES, DTYPE_TIP, DTYPES, KIWI_DIT, KIWI_MLLM,
-                     KIWI_VAE, files_fingerprint, kiwi, tip)
+                     KIWI_VAE, files_fingerprint, tip)
 from .load_parts import load_dit_cached, load_mllm_cached, load_vae_cached
 
 
@@ -22,7 +25,7 @@ class KiwiReleaseLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "release": (kiwi("model_folders").release_names(),
+            "release": (model_folders.release_names(),
                         tip("A release folder in models/kiwi/ (transformer/, vae/, mllm_encoder/, processor/, "
                             "source_embedder/, ref_embedder/).")),
             "dtype": (DTYPES, tip(DTYPE_TIP, default="auto")),
@@ -35,9 +38,8 @@ class KiwiReleaseLoader:
     @classmethod
     def VALIDATE_INPUTS(cls, release):
         try:
-            folders = kiwi("model_folders")
-            folders.check_release(folders.resolve("kiwi-release", release), release)
-        except kiwi("errors").KiwiError as e:
+            model_folders.check_release(model_folders.resolve("kiwi-release", release), release)
+        except errors.KiwiError as e:
             return str(e)
         return True
 
@@ -46,9 +48,8 @@ class KiwiReleaseLoader:
         return files_fingerprint("kiwi-release", release)
 
     def load(self, release, dtype, device, attention):
-        folders = kiwi("model_folders")
-        root = folders.resolve("kiwi-release", release)
-        folders.check_release(root, release)
+        root = model_folders.resolve("kiwi-release", release)
+        model_folders.check_release(root, release)
         dit = load_dit_cached(root, dtype, device, attention)
         vae = load_vae_cached(root / "vae", dtype, device)
         mllm = load_mllm_cached(root, None, dtype, device)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
-from .common import (CATEGORY_SAMPLING, KIWI_DIT, KIWI_MLLM, KIWI_VAE, as_frames, kiwi, single_image, tip)
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import adapter as comfy_adapter
+from comfy_kiwi.comfyui import placement
+
+from .common import (CATEGORY_SAMPLING, KIWI_DIT, KIWI_MLLM, KIWI_VAE, as_frames, single_image, tip)
 
 
 class KiwiLongVideoEdit:
@@ -44,23 +48,23 @@ class KiwiLongVideoEdit:
 
     def edit(self, dit, vae, mllm, source, instruction, window, max_pixels, seed, steps, shift, cfg, schedule,
              reference=None):
-        errors = kiwi("errors")
         if not instruction.strip():
             raise errors.InputError("the instruction is empty: describe the edit, e.g. 'Make the sky a sunset'.")
         if (int(window) - 1) % 4:
             raise errors.InputError(f"window must be 4k+1 frames (5, 9, ..., 81), got {window}.")
         frames = as_frames(source, "source")
         ref = None if reference is None else single_image(reference, "reference")
-        pipeline, placement = kiwi("pipeline"), kiwi("placement")
+        from comfy_kiwi import pipeline
+        from comfy_kiwi.long_video import edit_long_video
         settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), schedule=schedule, cfg=float(cfg),
                                          seed=int(seed), max_pixels=int(max_pixels), num_frames=None)
-        device = kiwi("comfy_adapter").compute_device()
+        device = comfy_adapter.compute_device()
         with contextlib.ExitStack() as stack:
             stack.enter_context(placement.on_device(vae, device))
             stack.enter_context(placement.on_device(dit.model, device))
             stack.enter_context(dit.applied())
             pipe = pipeline.EditPipeline(dit.model, vae, mllm, device=device)
-            out = kiwi("long_video").edit_long_video(pipe, frames, instruction, ref, settings, window=int(window))
+            out = edit_long_video(pipe, frames, instruction, ref, settings, window=int(window))
         return (out.float().cpu(),)
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from .common import CATEGORY_LOADERS, KIWI_DIT, files_fingerprint, kiwi, log, tip
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import model_cache, model_folders
+
+from .common import CATEGORY_LOADERS, KIWI_DIT, files_fingerprint, log, tip
 
 NO_LORA = "none"
 
 
 def _load_lora(path):
     """Parsed LoRA tensors, cached like the models (a LoRA is re-read only when its file changes)."""
-    return kiwi("model_cache").cached_load("lora", path, lambda: kiwi("models.dit_lora").load_dit_lora(path))
+    from comfy_kiwi.models.dit_lora import load_dit_lora
+    return model_cache.cached_load("lora", path, lambda: load_dit_lora(path))
 
 
 class KiwiLoraLoader:
@@ -27,7 +31,7 @@ class KiwiLoraLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "dit": (KIWI_DIT, tip("The DiT from a Kiwi loader (or another Kiwi LoRA Loader).")),
-            "lora_name": ([NO_LORA] + kiwi("model_folders").choices("lora"),
+            "lora_name": ([NO_LORA] + model_folders.choices("lora"),
                           tip("The LoRA file in models/loras/. 'none' passes the DiT through unchanged.",
                               default=NO_LORA)),
             "strength": ("FLOAT", tip("LoRA strength: 1.0 = as trained, 0 = off, negative values invert it.",
@@ -38,10 +42,9 @@ class KiwiLoraLoader:
     def VALIDATE_INPUTS(cls, lora_name):
         if lora_name == NO_LORA:
             return True
-        folders = kiwi("model_folders")
         try:
-            folders.check_kind(folders.resolve("lora", lora_name), "lora", lora_name)
-        except kiwi("errors").KiwiError as e:
+            model_folders.check_kind(model_folders.resolve("lora", lora_name), "lora", lora_name)
+        except errors.KiwiError as e:
             return str(e)
         return True
 
@@ -52,10 +55,10 @@ class KiwiLoraLoader:
     def apply(self, dit, lora_name, strength):
         if lora_name == NO_LORA or strength == 0:
             return (dit,)
-        lora = _load_lora(kiwi("model_folders").resolve("lora", lora_name))
+        lora = _load_lora(model_folders.resolve("lora", lora_name))
         pairs, unmatched = lora.match(dit.model)
         if not pairs:
-            raise kiwi("errors").CheckpointError(
+            raise errors.CheckpointError(
                 f"LoRA '{lora_name}' fits none of this DiT's layers (it was trained for another model?). "
                 f"First mismatches: {'; '.join(unmatched[:3])}.")
         if unmatched:

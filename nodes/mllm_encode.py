@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from .common import CATEGORY_CONDITIONING, KIWI_CONDITIONING, KIWI_MLLM, as_frames, kiwi, single_image, tip
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import adapter as comfy_adapter
+from comfy_kiwi.comfyui import placement
+
+from .common import CATEGORY_CONDITIONING, KIWI_CONDITIONING, KIWI_MLLM, as_frames, single_image, tip
 
 
 class KiwiMLLMEncode:
@@ -33,7 +37,6 @@ class KiwiMLLMEncode:
         }}
 
     def encode(self, mllm, source, instruction, encode_negative, reference=None):
-        errors = kiwi("errors")
         if not instruction.strip():
             raise errors.InputError("the instruction is empty: describe the edit, e.g. 'Make the sky a sunset'.")
         frames = as_frames(source, "source")
@@ -42,11 +45,11 @@ class KiwiMLLMEncode:
             raise errors.InputError(
                 "this MLLM encoder has no reference branch (an instruction-only release): disconnect the reference "
                 "image, or load a release trained with references (reference-only or instruct-reference).")
-        pipeline, placement = kiwi("pipeline"), kiwi("placement")
+        from comfy_kiwi import pipeline
         with placement.on_device(mllm) as device:
             pipe = pipeline.EditPipeline(None, None, mllm, device=device, offload_mllm=False)
             cond = pipe.encode_instruction(instruction, frames, ref, with_negative=bool(encode_negative))
-        kiwi("comfy_adapter").soft_empty_cache()
+        comfy_adapter.soft_empty_cache()
         # small tensors; keeping them on the CPU lets the encoder's device be freed completely
         return (pipeline.EditConditioning(cond.context.cpu(), None if cond.negative is None else cond.negative.cpu()),)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import warnings
 
-from .common import CATEGORY_FRAMES, as_frames, kiwi, log, tip
+from comfy_kiwi.frames import prepare_frames
+
+from .common import CATEGORY_FRAMES, as_frames, log, tip
 
 
 class KiwiPrepareFrames:
@@ -37,7 +39,7 @@ class KiwiPrepareFrames:
         frames = as_frames(images, "images")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = kiwi("frames").prepare_frames(frames, max_pixels=int(max_pixels),
+            out = prepare_frames(frames, max_pixels=int(max_pixels),
                                                 num_frames=int(num_frames) or None, frame_mode=frame_mode)
         for w in caught:
             log.warning("Kiwi Prepare Frames: %s", w.message)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from .judge_common import (CATEGORY_REFERENCE, CLIP_TYPE, DEVICE_CHOICES, SAM_TYPE, VLM_TYPE, device_arg, dumps,
-                           folder_fingerprint, lib, model_folder_choices, resolve_model_folder, tip,
-                           validate_model_folder)
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import model_folders
+
+from .common import (CATEGORY_REFERENCE, JUDGE_DEVICES, KIWI_CLIP, KIWI_SAM, KIWI_VLM, device_arg, dumps,
+                     folder_fingerprint, tip, validate_model_folder)
 
 _FRAME_INDEX = ("INT", tip("Which frame of the batch to use (negative counts from the end).", default=0,
                            min=-100000, max=100000))
@@ -27,7 +29,7 @@ class KiwiGround:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vlm": (VLM_TYPE, tip("Qwen2.5-VL from Kiwi VLM Loader.")),
+            "vlm": (KIWI_VLM, tip("Qwen2.5-VL from Kiwi VLM Loader.")),
             "image": ("IMAGE", tip("Frames; one is grounded (frame_index).")),
             "description": ("STRING", tip("What to find; for target = edited, the edit instruction.", multiline=True,
                                           default="")),
@@ -49,14 +51,14 @@ class KiwiGround:
 
     def ground(self, vlm, image, description, target, frame_index, coordinate_space, combine, attempts, seed,
                on_failure="error"):
-        j = lib()
-        frame = j.select_frame(image, int(frame_index))[None]
-        result = j.ground(vlm, frame, description, target, coordinate_space, combine, int(attempts), int(seed))
+        from comfy_kiwi import judging
+        frame = judging.select_frame(image, int(frame_index))[None]
+        result = judging.ground(vlm, frame, description, target, coordinate_space, combine, int(attempts), int(seed))
         answers = "\n\n---\n\n".join(result.answers)
         if result.ok:
             return (result.mask, result.box.to_json(), answers)
         if on_failure == "error":
-            raise j.JudgeError("grounding failed: " + " | ".join(result.errors))
+            raise judging.JudgeError("grounding failed: " + " | ".join(result.errors))
         h, w = int(frame.shape[1]), int(frame.shape[2])
         box = {"bbox": [0, 0, w, h], "fallback": True, "errors": result.errors}
         return (torch.ones(1, h, w), dumps(box), answers)
@@ -67,16 +69,16 @@ class KiwiSAMLoader:
                    "models/sams/, local files only. Kiwi Segment Box turns a grounded box into an object mask with it.")
     CATEGORY = CATEGORY_REFERENCE
     FUNCTION = "load"
-    RETURN_TYPES = (SAM_TYPE,)
+    RETURN_TYPES = (KIWI_SAM,)
     RETURN_NAMES = ("sam",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "sam_name": (model_folder_choices("sam"), tip("A SAM folder in models/sams/ (config.json, "
+            "sam_name": (model_folders.stock_folder_choices("sam"), tip("A SAM folder in models/sams/ (config.json, "
                                                           "model.safetensors, preprocessor config). An absolute "
                                                           "folder path is accepted too.")),
-            "device": (DEVICE_CHOICES, tip("auto = CUDA when available.", default="auto")),
+            "device": (JUDGE_DEVICES, tip("auto = CUDA when available.", default="auto")),
         }}
 
     @classmethod
@@ -88,7 +90,8 @@ class KiwiSAMLoader:
         return folder_fingerprint("sam", sam_name)
 
     def load(self, sam_name, device):
-        return (lib().load_sam(resolve_model_folder("sam", sam_name), device=device_arg(device)),)
+        from comfy_kiwi import judging
+        return (judging.load_sam(model_folders.resolve_stock_folder("sam", sam_name), device=device_arg(device)),)
 
 
 class KiwiSegmentBox:
@@ -103,7 +106,7 @@ class KiwiSegmentBox:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "sam": (SAM_TYPE, tip("SAM from Kiwi SAM Loader.")),
+            "sam": (KIWI_SAM, tip("SAM from Kiwi SAM Loader.")),
             "image": ("IMAGE", tip("Frames; one is segmented (frame_index).")),
             "box": ("STRING", tip("{\"bbox\": [x0, y0, x1, y1]} in pixels (Kiwi Ground's box output).",
                                   forceInput=True)),
@@ -112,17 +115,17 @@ class KiwiSegmentBox:
 
     def segment(self, sam, image, box, frame_index):
         import json
-        j, error = lib(), lib("comfy_kiwi.errors").InputError
-        frame = j.select_frame(image, int(frame_index))
+        from comfy_kiwi import judging
+        frame = judging.select_frame(image, int(frame_index))
         try:
             x0, y0, x1, y1 = (int(v) for v in json.loads(box)["bbox"])
         except (ValueError, KeyError, TypeError):
-            raise error(f"box must be JSON like {{\"bbox\": [x0, y0, x1, y1]}} (Kiwi Ground's box output); "
+            raise errors.InputError(f"box must be JSON like {{\"bbox\": [x0, y0, x1, y1]}} (Kiwi Ground's box output); "
                                f"got {box[:200]!r}.") from None
         h, w = frame.shape[:2]
-        found = j.Box(max(0, x0), max(0, y0), min(w, x1), min(h, y1))
+        found = judging.Box(max(0, x0), max(0, y0), min(w, x1), min(h, y1))
         if found.area == 0:
-            raise error(f"the box {[x0, y0, x1, y1]} is empty inside the {w}x{h} frame.")
+            raise errors.InputError(f"the box {[x0, y0, x1, y1]} is empty inside the {w}x{h} frame.")
         return (sam(frame, found)[None],)
 
 
@@ -159,17 +162,17 @@ class KiwiReferenceFromMask:
         }}
 
     def make(self, image, mask, kind, frame_index, threshold, margin, dilate, fill, iterations, fill_image=None):
-        j = lib()
-        frame = j.select_frame(image, int(frame_index))
+        from comfy_kiwi import judging
+        frame = judging.select_frame(image, int(frame_index))
         h, w = frame.shape[:2]
-        m = j.select_mask(mask, int(frame_index), (h, w))
+        m = judging.select_mask(mask, int(frame_index), (h, w))
         if kind == "local":
-            ref = j.local_reference(frame[None], m, threshold=float(threshold), margin=int(margin))
+            ref = judging.local_reference(frame[None], m, threshold=float(threshold), margin=int(margin))
             used = (m > float(threshold)).float()
         else:
-            ref = j.background_reference(frame[None], m, float(threshold), int(dilate), fill, fill_image,
-                                         int(iterations))
-            used = j.hole_mask(m, float(threshold), int(dilate)).float()
+            ref = judging.background_reference(frame[None], m, float(threshold), int(dilate), fill, fill_image,
+                                               int(iterations))
+            used = judging.hole_mask(m, float(threshold), int(dilate)).float()
         return (ref, used[None])
 
 
@@ -186,7 +189,7 @@ class KiwiReferenceQuality:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vlm": (VLM_TYPE, tip("Qwen2.5-VL from Kiwi VLM Loader.")),
+            "vlm": (KIWI_VLM, tip("Qwen2.5-VL from Kiwi VLM Loader.")),
             "reference": ("IMAGE", tip("The reference to check (first image of the batch).")),
             "edited": ("IMAGE", tip("Edited frames the reference was made from.")),
             "instruction": ("STRING", tip("The editing instruction.", multiline=True, default="")),
@@ -203,13 +206,13 @@ class KiwiReferenceQuality:
 
     def check(self, vlm, reference, edited, instruction, kind, frame_index, threshold, attempts, seed, on_failure,
               source=None):
-        j = lib()
-        frame = j.select_frame(edited, int(frame_index))[None]
-        src = j.select_frame(source, int(frame_index), "source")[None] if source is not None else None
-        q = j.check_reference_quality(vlm, reference[:1], frame, instruction, kind, float(threshold), int(attempts),
-                                      int(seed), source_frame=src)
+        from comfy_kiwi import judging
+        frame = judging.select_frame(edited, int(frame_index))[None]
+        src = judging.select_frame(source, int(frame_index), "source")[None] if source is not None else None
+        q = judging.check_reference_quality(vlm, reference[:1], frame, instruction, kind, float(threshold),
+                                            int(attempts), int(seed), source_frame=src)
         if not q.ok and on_failure == "error":
-            raise j.JudgeError("reference quality check failed: " + " | ".join(q.errors))
+            raise judging.JudgeError("reference quality check failed: " + " | ".join(q.errors))
         answers = "\n\n---\n\n".join(q.answers)
         return (float(q.score) if q.ok else -1.0, bool(q.passed), answers)
 
@@ -225,16 +228,16 @@ class KiwiReferenceDedupe:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "clip": (CLIP_TYPE, tip("CLIP model from Kiwi CLIP Loader.")),
+            "clip": (KIWI_CLIP, tip("CLIP model from Kiwi CLIP Loader.")),
             "references": ("IMAGE", tip("A batch of reference images.")),
             "threshold": ("FLOAT", tip("Cosine similarity from which two references count as duplicates.",
                                        default=0.95, min=-1.0, max=1.0, step=0.005)),
         }}
 
     def dedupe(self, clip, references, threshold):
-        j = lib()
+        from comfy_kiwi import judging
         feats = clip.image_features(references)
-        result = j.dedupe_features(feats, float(threshold))
+        result = judging.dedupe_features(feats, float(threshold))
         kept = references[torch.tensor(result.keep, dtype=torch.long)]
         report = {"kept": result.keep,
                   "dropped": {str(i): {"duplicate_of": d[1], "cosine": round(d[2], 6)}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from .judge_common import (CATEGORY_JUDGE, CLIP_TYPE, DEVICE_CHOICES, DTYPE_CHOICES, device_arg, folder_fingerprint,
-                           lib, model_folder_choices, resolve_model_folder, tip, torch_dtype, validate_model_folder)
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import model_folders
+
+from .common import (CATEGORY_JUDGE, DTYPES, JUDGE_DEVICES, KIWI_CLIP, device_arg, folder_fingerprint, judge_dtype,
+                     tip, validate_model_folder)
 
 
 class KiwiCLIPLoader:
@@ -12,17 +15,17 @@ class KiwiCLIPLoader:
                    "PickScore_v1 has the same layout: load it here too.")
     CATEGORY = CATEGORY_JUDGE
     FUNCTION = "load"
-    RETURN_TYPES = (CLIP_TYPE,)
+    RETURN_TYPES = (KIWI_CLIP,)
     RETURN_NAMES = ("clip",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "clip_name": (model_folder_choices("clip"),
+            "clip_name": (model_folders.stock_folder_choices("clip"),
                           tip("A CLIP or PickScore folder in models/clip_vision/ (the whole Hugging Face repository). "
                               "An absolute folder path is accepted too (API prompts).")),
-            "dtype": (DTYPE_CHOICES, tip("Weight dtype; auto = fp32.", default="auto")),
-            "device": (DEVICE_CHOICES, tip("auto = ComfyUI's device.", default="auto")),
+            "dtype": (DTYPES, tip("Weight dtype; auto = fp32.", default="auto")),
+            "device": (JUDGE_DEVICES, tip("auto = ComfyUI's device.", default="auto")),
         }}
 
     @classmethod
@@ -34,8 +37,9 @@ class KiwiCLIPLoader:
         return folder_fingerprint("clip", clip_name)
 
     def load(self, clip_name, dtype, device):
-        path = resolve_model_folder("clip", clip_name)
-        return (lib().load_clip(path, device=device_arg(device), dtype=torch_dtype(dtype)),)
+        path = model_folders.resolve_stock_folder("clip", clip_name)
+        from comfy_kiwi import judging
+        return (judging.load_clip(path, device=device_arg(device), dtype=judge_dtype(dtype)),)
 
 
 class KiwiRewards:
@@ -52,7 +56,7 @@ class KiwiRewards:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "clip": (CLIP_TYPE, tip("CLIP model from Kiwi CLIP Loader.")),
+            "clip": (KIWI_CLIP, tip("CLIP model from Kiwi CLIP Loader.")),
             "source": ("IMAGE", tip("Source frames.")),
             "edited": ("IMAGE", tip("Edited frames.")),
             "instruction_edit": ("STRING", tip("Text the edited video should match (instruction or target caption).",
@@ -72,13 +76,13 @@ class KiwiRewards:
             "aggregation": (["mean_embedding", "mean_cosine"], tip("How frames combine into one similarity.",
                                                                    default="mean_embedding")),
         }, "optional": {
-            "pickscore": (CLIP_TYPE, tip("PickScore model (a CLIP folder with PickScore weights); without it the "
+            "pickscore": (KIWI_CLIP, tip("PickScore model (a CLIP folder with PickScore weights); without it the "
                                          "pickscore output is 0.")),
         }}
 
     def score(self, clip, source, edited, instruction_edit, text_source, weight_if, weight_sp, weight_pickscore,
               weight_tc, max_frames, aggregation, pickscore=None):
-        j, errors = lib(), lib("comfy_kiwi.errors")
+        from comfy_kiwi import judging
         if not instruction_edit.strip():
             raise errors.InputError("instruction_edit is empty: R_IF and PickScore need the text the edit "
                                     "should match.")
@@ -86,8 +90,8 @@ class KiwiRewards:
             raise errors.InputError("text_source is empty: R_IF needs a caption of the source video.")
         weights = {"instruction_following": weight_if, "source_preservation": weight_sp,
                    "pickscore": weight_pickscore if pickscore is not None else 0.0, "temporal_consistency": weight_tc}
-        rewards = j.ClipRewards(clip, pickscore, j.RewardSettings(max_frames=int(max_frames), aggregation=aggregation),
-                                weights)
+        settings = judging.RewardSettings(max_frames=int(max_frames), aggregation=aggregation)
+        rewards = judging.ClipRewards(clip, pickscore, settings, weights)
         out = rewards.compute(source, edited, instruction_edit, text_source)
         get = lambda k: float(out[k]) if k in out else 0.0  # noqa: E731
         return (get("instruction_following"), get("source_preservation"), get("pickscore"), get("weighted"),

@@ -14,7 +14,11 @@ The alignment loss is training-only: inference costs one routed DiT pass per ste
 
 from __future__ import annotations
 
-from .common import (KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_MLLM, KIWI_SOURCE, files_fingerprint, kiwi,
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import adapter as comfy_adapter
+from comfy_kiwi.comfyui import model_cache, model_folders, placement
+
+from .common import (KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_MLLM, KIWI_SOURCE, files_fingerprint,
                      resolve_weights, seed_steps_shift_inputs, tip)
 from .common import step_cache_input
 from .imvideoedit import KIWI_UMT5_CONDITIONING
@@ -38,7 +42,7 @@ class KiwiRVEDiTLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "weights_name": (kiwi("model_folders").choices("rvedit"),
+            "weights_name": (model_folders.choices("rvedit"),
                              tip("The RVEDiT weights file (safetensors) in models/loras/.")),
             "dit": (KIWI_DIT, tip("The DiT the weights were trained with (its fine-tuned DiT file, or the base DiT "
                                   "plus the run's LoRA).")),
@@ -55,13 +59,13 @@ class KiwiRVEDiTLoader:
         path, split = resolve_weights(weights_name), int(split)
         n = len(dit.model.blocks)
         if split > n:
-            raise kiwi("errors").InputError(f"split {split} is larger than this DiT's {n} blocks.")
-        streams, cache = kiwi("methods.rvedit_streams"), kiwi("model_cache")
+            raise errors.InputError(f"split {split} is larger than this DiT's {n} blocks.")
+        from comfy_kiwi.methods import rvedit_streams as streams
         c = dit.model.config
-        weights = cache.cached_load("rvedit", path,
-                                    lambda: streams.load_rvedit(path, dit.model, None if split < 0 else split),
-                                    dim=c.dim, in_dim=c.in_dim, split=split)
-        trained = cache.cached_load("rvedit_mllm", path, lambda: streams.trained_mllm(mllm, path), mllm=id(mllm))
+        weights = model_cache.cached_load("rvedit", path,
+                                          lambda: streams.load_rvedit(path, dit.model, None if split < 0 else split),
+                                          dim=c.dim, in_dim=c.in_dim, split=split)
+        trained = model_cache.cached_load("rvedit_mllm", path, lambda: streams.trained_mllm(mllm, path), mllm=id(mllm))
         return (weights, trained)
 
 
@@ -93,7 +97,8 @@ class KiwiRVEDiTSampler:
         }, "optional": step_cache_input()}
 
     def sample(self, dit, rvedit, conditioning, source, seed, steps, shift, cfg, instruction_text, step_cache=0.0):
-        errors, pipeline, placement = kiwi("errors"), kiwi("pipeline"), kiwi("placement")
+        from comfy_kiwi import pipeline
+        from comfy_kiwi.methods import rvedit_streams as streams
         model, c = dit.model, dit.model.config
         if source.source_latents is None:
             raise errors.InputError("the source has no latents; connect Kiwi Encode Source.")
@@ -108,11 +113,11 @@ class KiwiRVEDiTSampler:
                                     "encode_negative in Kiwi MLLM Encode, or set cfg to 1.0.")
         settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), seed=int(seed), cfg=float(cfg),
                                          progress=True, step_cache=float(step_cache))
-        device = kiwi("comfy_adapter").compute_device()
+        device = comfy_adapter.compute_device()
         with placement.on_device(model, device), dit.applied():
             rvedit.to(device)
-            latents = kiwi("methods.rvedit_streams").sample(model, rvedit, conditioning, source,
-                                                            instruction_text.context, settings, device=device)
+            latents = streams.sample(model, rvedit, conditioning, source, instruction_text.context, settings,
+                                     device=device)
         return (latents.float().cpu(),)
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from .common import (CATEGORY_SAMPLING, KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE, kiwi,
+from comfy_kiwi.comfyui import adapter as comfy_adapter
+from comfy_kiwi.comfyui import placement
+from comfy_kiwi.errors import InputError
+
+from .common import (CATEGORY_SAMPLING, KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_SOURCE,
                      seed_steps_shift_inputs, tip)
 from .common import step_cache_input
 
 
 def check_compatible(dit, cond, source, cfg: float) -> None:
     """Mismatched parts fail here with a message naming the fix, not deep inside the model."""
-    InputError = kiwi("errors").InputError
     model, c = dit.model, dit.model.config
     if source.source_latents is None:
         raise InputError("the source has no latents; connect Kiwi Encode Source.")
@@ -78,18 +81,16 @@ class KiwiSampler:
 
     def sample(self, dit, conditioning, source, seed, steps, shift, cfg, denoise, schedule, block_swap=-1,
                step_cache=0.0):
-        pipeline = kiwi("pipeline")
+        from comfy_kiwi import pipeline
         if not (isinstance(conditioning, pipeline.EditConditioning)
                 and isinstance(source, pipeline.SourceConditioning)):
-            raise kiwi("errors").InputError(
+            raise InputError(
                 "connect conditioning to Kiwi MLLM Encode and source to Kiwi Encode Source; got "
                 f"{type(conditioning).__name__} and {type(source).__name__}.")
         if int(block_swap) < -1:
-            raise kiwi("errors").InputError(f"block_swap must be −1 (auto), 0 (off) or a block count; "
-                                            f"got {block_swap}.")
+            raise InputError(f"block_swap must be −1 (auto), 0 (off) or a block count; got {block_swap}.")
         check_compatible(dit, conditioning, source, float(cfg))
-        pipeline, placement = kiwi("pipeline"), kiwi("placement")
-        device = kiwi("comfy_adapter").compute_device()
+        device = comfy_adapter.compute_device()
         n = self.swap_count(dit, source, device, int(block_swap), float(cfg) != 1.0)
         settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), schedule=schedule, cfg=float(cfg),
                                          seed=int(seed), denoise=float(denoise), progress=True, block_swap=n,
@@ -116,10 +117,11 @@ class KiwiSampler:
         if torch.device(device).type != "cuda":
             return 0
         free_gb = torch.cuda.mem_get_info(device)[0] / 2**30
+        from comfy_kiwi.memory import planner
         try:
-            return kiwi("memory.planner").block_swap_for(dit.model.config, source.source_latents.shape, free_gb,
-                                                         cfg=cfg, reference=source.reference_latents is not None)
-        except kiwi("errors").InputError:
+            return planner.block_swap_for(dit.model.config, source.source_latents.shape, free_gb,
+                                          cfg=cfg, reference=source.reference_latents is not None)
+        except InputError:
             return 0
 
 

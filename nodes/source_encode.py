@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from .common import CATEGORY_CONDITIONING, KIWI_SOURCE, KIWI_VAE, as_frames, kiwi, single_image, tip
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import placement
+from comfy_kiwi.frames import nearest_valid_frame_counts
+
+from .common import CATEGORY_CONDITIONING, KIWI_SOURCE, KIWI_VAE, as_frames, single_image, tip
 
 REFERENCE_POSITIONS = {"model default": None, "first": True, "last": False}
 
 
 def check_source_frames(frames, vae) -> None:
     """The frame count and size the VAE and DiT need, with the fix in the message."""
-    errors, f = kiwi("errors"), kiwi("frames")
     n, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
     multiple = 2 * vae.config.spatial_factor         # VAE downsampling × the DiT's 2×2 patches
     if (n - 1) % 4:
-        lower, upper = f.nearest_valid_frame_counts(n)
+        lower, upper = nearest_valid_frame_counts(n)
         raise errors.InputError(
             f"the source has {n} frames, but the Wan VAE needs 4k+1 frames (1, 5, 9, ..., 81); nearest valid counts "
             f"are {lower} and {upper}. Connect the frames through Kiwi Prepare Frames first.")
@@ -54,12 +57,12 @@ class KiwiEncodeSource:
 
     def encode(self, vae, source, reference_position, tiled, reference=None):
         if reference_position not in REFERENCE_POSITIONS:
-            raise kiwi("errors").InputError(f"reference_position {reference_position!r}: choose one of "
-                                            f"{', '.join(REFERENCE_POSITIONS)}.")
+            raise errors.InputError(f"reference_position {reference_position!r}: choose one of "
+                                    f"{', '.join(REFERENCE_POSITIONS)}.")
         frames = as_frames(source, "source")
         check_source_frames(frames, vae)
         ref = None if reference is None else single_image(reference, "reference")
-        pipeline, placement = kiwi("pipeline"), kiwi("placement")
+        from comfy_kiwi import pipeline
         with placement.on_device(vae) as device:
             pipe = pipeline.EditPipeline(None, vae, None, device=device)
             src = pipe.encode_source(frames, ref, REFERENCE_POSITIONS[reference_position], tiled=bool(tiled))

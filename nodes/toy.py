@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 
-from .common import CATEGORY_LOADERS, KIWI_DIT, KIWI_MLLM, KIWI_VAE, kiwi, tip
+from comfy_kiwi.comfyui import model_cache
+from comfy_kiwi.errors import InputError
+
+from .common import CATEGORY_LOADERS, KIWI_DIT, KIWI_MLLM, KIWI_VAE, tip
 
 CATEGORY_TOY = "Kiwi Edit/toy"
 TOY_EXAMPLE = "KIWI_TOY_EXAMPLE"
 ANY_KINDS = ("any without reference", "any with reference")
-
-
-def _toy(module: str):
-    return kiwi(f"toy.{module}")
 
 
 class KiwiToyModelLoader:
@@ -34,10 +33,11 @@ class KiwiToyModelLoader:
         return {"required": {}}
 
     def load(self):
-        cache, release = kiwi("model_cache"), _toy("release")
+        from comfy_kiwi.models.dit_lora import DiTHandle
+        from comfy_kiwi.toy import release
         folder = release.DEFAULT_MODEL_DIR
-        pipe = cache.cached_load("toy-pipeline", folder, lambda: release.load_toy_pipeline(folder))
-        return (kiwi("models.dit_lora").DiTHandle(pipe.dit), pipe.vae, pipe.mllm)
+        pipe = model_cache.cached_load("toy-pipeline", folder, lambda: release.load_toy_pipeline(folder))
+        return (DiTHandle(pipe.dit), pipe.vae, pipe.mllm)
 
 
 class KiwiToyExample:
@@ -54,19 +54,20 @@ class KiwiToyExample:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from comfy_kiwi.toy import world
         return {"required": {
             "seed": ("INT", tip("Which example (held-out examples of the benchmark start at 1000000).",
                                 default=2000000, min=0, max=2 ** 31 - 1)),
-            "kind": ([*ANY_KINDS, *_toy("world").EDIT_KINDS],
+            "kind": ([*ANY_KINDS, *world.EDIT_KINDS],
                      tip("The edit kind, or any kind with / without a reference image (wire the reference "
                          "output to the MLLM and source encoders only for reference kinds).",
                          default=ANY_KINDS[0])),
         }}
 
     def make(self, seed, kind):
-        world, data = _toy("world"), _toy("data")
+        from comfy_kiwi.toy import data, world
         if not 0 <= int(seed) < 2 ** 31:
-            raise kiwi("errors").InputError(f"seed must be in 0 … 2^31 − 1, got {seed}.")
+            raise InputError(f"seed must be in 0 … 2^31 − 1, got {seed}.")
         kinds = {ANY_KINDS[0]: data.PLAIN_KINDS, ANY_KINDS[1]: world.REFERENCE_KINDS}.get(kind, (kind,))
         ex = world.make_example(int(seed), kinds)
         ref = data.example_reference(ex)
@@ -96,7 +97,8 @@ class KiwiToyJudge:
         }}
 
     def judge(self, edited, example):
-        s = _toy("judge").score_edit(edited.detach().cpu(), example)
+        from comfy_kiwi.toy.judge import score_edit
+        s = score_edit(edited.detach().cpu(), example)
         report = json.dumps({"instruction": example.instruction, **{k: round(v, 4) for k, v in s.as_dict().items()}})
         return (report, s.compliance, s.preservation, s.temporal, s.overall, s.cleanliness)
 

@@ -10,8 +10,12 @@ Custom type of this module: KIWI_VIVA = comfy_kiwi.methods.viva.VivaWeights (ref
 
 from __future__ import annotations
 
+from comfy_kiwi import errors
+from comfy_kiwi.comfyui import adapter as comfy_adapter
+from comfy_kiwi.comfyui import model_cache, model_folders, placement
+
 from .common import (KIWI_CONDITIONING, KIWI_DIT, KIWI_LATENT, KIWI_MLLM, KIWI_SOURCE, as_frames,
-                     files_fingerprint, kiwi, resolve_weights, seed_steps_shift_inputs, single_image, tip)
+                     files_fingerprint, resolve_weights, seed_steps_shift_inputs, single_image, tip)
 from .common import step_cache_input
 
 KIWI_VIVA = "KIWI_VIVA"
@@ -31,7 +35,7 @@ class KiwiVIVALoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "weights_name": (kiwi("model_folders").choices("viva"),
+            "weights_name": (model_folders.choices("viva"),
                              tip("The VIVA weights file (safetensors) in models/loras/.")),
             "dit": (KIWI_DIT, tip("The DiT the weights were trained with (its width and patch size must match).")),
         }}
@@ -42,10 +46,10 @@ class KiwiVIVALoader:
 
     def load(self, weights_name, dit):
         path = resolve_weights(weights_name)
-        viva = kiwi("methods.viva")
+        from comfy_kiwi.methods import viva as viva_method
         c = dit.model.config      # the weights are shaped for this DiT: its sizes key the cache entry
-        return (kiwi("model_cache").cached_load("viva", path, lambda: viva.read_viva(path, dit.model),
-                                                dim=c.dim, in_dim=c.in_dim),)
+        return (model_cache.cached_load("viva", path, lambda: viva_method.read_viva(path, dit.model),
+                                        dim=c.dim, in_dim=c.in_dim),)
 
 
 class KiwiVIVAEncode:
@@ -75,13 +79,13 @@ class KiwiVIVAEncode:
 
     def encode(self, mllm, viva, source, instruction, encode_negative, reference=None):
         if not instruction.strip():
-            raise kiwi("errors").InputError("the instruction is empty: describe the edit, e.g. 'Make the sky a "
-                                            "sunset'.")
+            raise errors.InputError("the instruction is empty: describe the edit, e.g. 'Make the sky a sunset'.")
         frames = as_frames(source, "source")
         ref = None if reference is None else single_image(reference, "reference")
-        with kiwi("placement").on_device(mllm):
-            cond = kiwi("methods.viva").encode(mllm, viva, instruction, frames, ref, bool(encode_negative))
-        kiwi("comfy_adapter").soft_empty_cache()
+        from comfy_kiwi.methods import viva as viva_method
+        with placement.on_device(mllm):
+            cond = viva_method.encode(mllm, viva, instruction, frames, ref, bool(encode_negative))
+        comfy_adapter.soft_empty_cache()
         return (cond,)
 
 
@@ -111,7 +115,7 @@ class KiwiVIVASampler:
         }, "optional": step_cache_input()}
 
     def sample(self, dit, viva, conditioning, source, seed, steps, shift, cfg, step_cache=0.0):
-        errors, placement = kiwi("errors"), kiwi("placement")
+        from comfy_kiwi.methods import viva as viva_method
         if getattr(conditioning, "refiner", None) is None:
             raise errors.InputError("this conditioning is not a VIVA encoding; connect Kiwi VIVA Encode.")
         if source.source_latents is None:
@@ -119,13 +123,13 @@ class KiwiVIVASampler:
         if source.source_latents.shape[1] != dit.model.config.in_dim:
             raise errors.InputError(f"the source has {source.source_latents.shape[1]} latent channels but this DiT "
                                     f"takes {dit.model.config.in_dim}; use the VAE that belongs to the DiT.")
-        settings = kiwi("methods.viva").viva_settings(steps=int(steps), shift=float(shift), seed=int(seed),
-                                                      cfg=float(cfg), progress=True,
-                                                      step_cache=float(step_cache))
-        device = kiwi("comfy_adapter").compute_device()
+        settings = viva_method.viva_settings(steps=int(steps), shift=float(shift), seed=int(seed),
+                                             cfg=float(cfg), progress=True,
+                                             step_cache=float(step_cache))
+        device = comfy_adapter.compute_device()
         with placement.on_device(dit.model, device), dit.applied():
             viva.refiner.to(device)
-            latents = kiwi("methods.viva").sample(dit.model, viva, conditioning, source, settings, device=device)
+            latents = viva_method.sample(dit.model, viva, conditioning, source, settings, device=device)
         return (latents.float().cpu(),)
 
 

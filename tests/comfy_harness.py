@@ -426,7 +426,7 @@ def write_method_models(models) -> None:
 def setup_environment(base: Path):
     """Tiny models (``comfy_kiwi.testing.tiny_release``) as the models folder, plus input/output folders.
     Returns the TinyKiwiModels description."""
-    from comfy_kiwi import comfy_adapter
+    from comfy_kiwi.comfyui import adapter as comfy_adapter
     from comfy_kiwi.testing.tiny_release import tiny_models_dir
     models = tiny_models_dir()
     write_judge_models(models.models_dir)

@@ -1,4 +1,4 @@
-"""Kiwi latents ↔ ComfyUI LATENT (comfy_kiwi.comfy_latent): exact inverses, and clear refusals. That ComfyUI's
+"""Kiwi latents ↔ ComfyUI LATENT (comfy_kiwi.comfyui.latent): exact inverses, and clear refusals. That ComfyUI's
 own VAE decodes the converted latents like Kiwi's does is tested in the server (tests/test_real_comfyui.py)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_kiwi import comfy_latent
+from comfy_kiwi.comfyui import latent as comfy_latent
 from comfy_kiwi.errors import InputError
 from comfy_kiwi.testing.tiny_vae import tiny_vae
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import comfy_harness as H
-from comfy_kiwi import comfy_adapter
+from comfy_kiwi.comfyui import adapter as comfy_adapter
 from comfy_kiwi.methods import imvideoedit as ive
 from comfy_kiwi.testing import tiny_dit, tiny_vae
 from comfy_kiwi.testing.tiny_release import tiny_dit_lora, tiny_video_frames

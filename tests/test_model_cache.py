@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from comfy_kiwi.model_cache import ModelCache, files_stamp
+from comfy_kiwi.comfyui.model_cache import ModelCache, files_stamp
 
 
 def _bump_mtime(path):

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import comfy_harness as H
-from comfy_kiwi import comfy_adapter, model_folders
+from comfy_kiwi.comfyui import adapter as comfy_adapter, model_folders
 from comfy_kiwi.methods import imvideoedit, viva
 from comfy_kiwi.methods.rvedit_streams import RVEDiTStreams
 from comfy_kiwi.testing.tiny_qwen import TINY_HIDDEN

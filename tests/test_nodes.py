@@ -216,7 +216,7 @@ def test_long_video_node_covers_every_frame(env):
         node.edit(dit, vae, mllm, _frames(13), "make it red", 6, 921600, 0, 1, 5.0, 1.0, "kiwi")
 
 def test_models_are_cached_and_reloaded_when_files_change(env):
-    from comfy_kiwi.model_cache import default_cache
+    from comfy_kiwi.comfyui.model_cache import default_cache
     loader = env["pack"].NODE_CLASS_MAPPINGS["KiwiVAELoader"]()
     (a,) = loader.load("wan2.2_vae.safetensors", "auto", "auto")
     (b,) = loader.load("wan2.2_vae.safetensors", "auto", "auto")
@@ -235,7 +235,7 @@ def test_models_are_cached_and_reloaded_when_files_change(env):
 
 
 def test_register_model_folder_keeps_existing_entries(monkeypatch, tmp_path):
-    from comfy_kiwi import comfy_adapter
+    from comfy_kiwi.comfyui import adapter as comfy_adapter
     fake = types.ModuleType("folder_paths")
     fake.models_dir = str(tmp_path / "models")
     fake.folder_names_and_paths = {"kiwi": (["/custom/kiwi"], set())}
@@ -255,7 +255,7 @@ def test_register_model_folder_keeps_existing_entries(monkeypatch, tmp_path):
 def test_stage_moves_model_and_sends_it_home(monkeypatch):
     """on_device moves a model to the compute device for one stage and back home afterwards, asking
     ComfyUI's memory manager for room first (the moves are recorded: there is no GPU here)."""
-    from comfy_kiwi import comfy_adapter, placement
+    from comfy_kiwi.comfyui import adapter as comfy_adapter, placement
     calls = []
     monkeypatch.setattr(comfy_adapter, "free_memory", lambda n, d: calls.append(("free", n, str(d))))
     monkeypatch.setattr(comfy_adapter, "soft_empty_cache", lambda: calls.append(("empty",)))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import comfy_harness as H
-from comfy_kiwi import comfy_adapter
+from comfy_kiwi.comfyui import adapter as comfy_adapter
 from comfy_kiwi.testing.tiny_release import tiny_kiwi_dit, tiny_video_frames, write_tiny_models_dir
 
 from test_imvideoedit_nodes import ROOT, run

@@ -151,7 +151,7 @@ def _memory(args) -> int:
 
 
 def main(argv=None) -> int:
-    from comfy_kiwi.cli import run_verb
+    from comfy_kiwi.errors import run_verb
     return run_verb(build_parser(), argv)
 
 

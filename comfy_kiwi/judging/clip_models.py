@@ -187,7 +187,7 @@ def load_clip(path, device=None, dtype: torch.dtype | None = None, batch_size: i
         raise CheckpointError(f"{folder}: the CLIP model or tokenizer could not be loaded "
                               f"({type(e).__name__}: {first[:300]}).") from None
     if device is None:
-        from ..comfy_adapter import compute_device
+        from ..comfyui.adapter import compute_device
         device = compute_device()
     model.to(device).eval().requires_grad_(False)
     return ClipModel(model, tokenizer, preprocess, source=str(folder), batch_size=batch_size)

@@ -58,7 +58,7 @@ def run_judge(args) -> int:
 
     dtype = parse_dtype(args.dtype)
     if args.device:
-        from ..placement import parse_device
+        from ..comfyui.placement import parse_device
         parse_device(args.device)          # a device this machine lacks: one clear line before any loading
     source, source_fps = read_video(args.source, max_frames=args.frames)
     edited, edited_fps = read_video(args.edited, max_frames=args.frames)

@@ -280,7 +280,7 @@ def _token_progress(bar: Progress):
 # ---------------------------------------------------------------------------------------------
 
 def _default_device():
-    from ..comfy_adapter import compute_device
+    from ..comfyui.adapter import compute_device
     return compute_device()
 
 

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from comfy_kiwi.cli import run_verb
+    from comfy_kiwi.errors import run_verb
     return run_verb(build_parser(), argv)
 
 

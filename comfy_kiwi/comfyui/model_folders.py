@@ -6,7 +6,9 @@ Where things go (see docs/COMFYUI.md):
 - ``models/diffusion_models/``: Wan DiT files and Kiwi training checkpoints;
 - ``models/vae/``: Wan VAE files;
 - ``models/text_encoders/<folder>/``: Qwen2.5-VL folders (or a release's MLLM: mllm_encoder/ + processor/);
-- ``models/loras/``: DiT LoRA files.
+- ``models/loras/``: DiT LoRA files and the VIVA / RVEDiT / ImVideoEdit weights;
+- umT5 folders (ImVideoEdit) in ``models/text_encoders/``; the judge's stock Qwen2.5-VL, CLIP and SAM folders
+  in ``models/text_encoders/``, ``models/clip_vision/``, ``models/sams/``.
 
 Each part loader also offers the matching part of every release in ``models/kiwi`` (entries
 starting with ``RELEASE_PREFIX``), so one downloaded release serves the separate-part workflows too.
@@ -17,8 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import comfy_adapter
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from . import adapter as comfy_adapter
 
 RELEASE_PREFIX = "kiwi release: "
 KIND_NAMES = {
@@ -123,7 +125,7 @@ def weights_kind(name: str) -> str | None:
     """Which loader reads the file ``name`` of models/loras/ ("lora" = a DiT LoRA, "viva", "rvedit",
     "imvideoedit"), or None for a file none of them reads. Safetensors headers only (no tensor is read);
     remembered until the file changes."""
-    from .loading.files import open_state_dict
+    from ..loading.files import open_state_dict
     for root in comfy_adapter.model_folders("loras"):
         path = Path(root) / name
         try:
@@ -170,7 +172,7 @@ def resolve(kind: str, name: str) -> Path:
 def _is_lora_file(path: Path) -> bool:
     if not path.is_file():
         return False
-    from .loading.files import open_state_dict
+    from ..loading.files import open_state_dict
     try:
         state = open_state_dict(path)
     except CheckpointError:
@@ -188,9 +190,9 @@ def identify(path) -> str | None:
         return "processor"
     if _is_lora_file(path):
         return "lora"
-    from .loading.dit_loader import describe_dit
-    from .loading.vae_loader import describe_vae
-    from .mllm.loader import describe_mllm
+    from ..loading.dit_loader import describe_dit
+    from ..loading.vae_loader import describe_vae
+    from ..mllm.loader import describe_mllm
     for describe in (describe_dit, describe_vae, describe_mllm):
         try:
             info = describe(path)
@@ -245,3 +247,103 @@ def check_release(path, shown_name: str | None = None) -> None:
         raise CheckpointError(f"'{shown}' is not a Kiwi-Edit release folder{what}: expected a folder in models/kiwi/ "
                               "holding transformer/, vae/, mllm_encoder/, processor/ and source_embedder/.")
     _check_release_part(path, "kiwi-release", shown)
+
+
+# --------------------------------------------------------------------------------------------------
+# umT5 folders (ImVideoEdit's caption encoder) in models/text_encoders/
+# --------------------------------------------------------------------------------------------------
+
+UMT5_MODEL_TYPES = ("umt5", "t5")
+
+
+def is_umt5_folder(path: Path) -> bool:
+    """A transformers umT5 folder (config.json model_type umt5/t5), or a diffusers root with text_encoder/."""
+    return any(config.is_file() and _model_type(config) in UMT5_MODEL_TYPES
+               for config in (path / "config.json", path / "text_encoder" / "config.json"))
+
+
+def umt5_choices() -> list[str]:
+    """umT5 folders under every text_encoders model folder (relative names)."""
+    return _find_folders(comfy_adapter.model_folders("text_encoders"), is_umt5_folder)
+
+
+def resolve_umt5(name: str) -> Path:
+    """The umT5 folder behind a loader entry; a clear error when it is missing or not a umT5 folder."""
+    folders = comfy_adapter.model_folders("text_encoders")
+    for root in folders:
+        path = Path(root) / (name or "").strip()
+        if name and name.strip() and path.is_dir():
+            if not is_umt5_folder(path):
+                raise CheckpointError(f"'{name}' is not a umT5 folder: expected config.json with model_type "
+                                      "umt5 (or a diffusers Wan2.1 folder with text_encoder/ and tokenizer/).")
+            return path
+    raise CheckpointError(f"umT5 folder '{name}' was not found in {', '.join(map(str, folders))}; put the "
+                          "Wan2.1 umT5 encoder folder there, press R in ComfyUI to refresh, and pick it.")
+
+
+# --------------------------------------------------------------------------------------------------
+# stock transformers folders of the judge / reward / SAM loaders
+# --------------------------------------------------------------------------------------------------
+# The VLM judge: a stock Qwen2.5-VL folder in models/text_encoders/ (where the MLLM loader looks too).
+# CLIP / PickScore: a transformers CLIPModel folder in models/clip_vision/. SAM: models/sams/.
+# A folder may sit one level down (e.g. text_encoders/Qwen/Qwen2.5-VL-7B-Instruct). An absolute path is
+# accepted as the value too (API prompts, scripts).
+
+# kind: (model folder, config.json model_type, what it is, loader node, download command)
+STOCK_FOLDERS = {
+    "vlm": ("text_encoders", "qwen2_5_vl", "a Qwen2.5-VL model folder", "Kiwi VLM Loader",
+            "hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir models/text_encoders/Qwen2.5-VL-7B-Instruct"),
+    "clip": ("clip_vision", "clip", "a CLIP model folder (transformers CLIPModel, e.g. clip-vit-large-patch14 "
+             "or PickScore_v1)", "Kiwi CLIP / PickScore Loader",
+             "hf download openai/clip-vit-large-patch14 --local-dir models/clip_vision/clip-vit-large-patch14"),
+    "sam": ("sams", "sam", "a Segment Anything folder (transformers SamModel, e.g. sam-vit-base)", "Kiwi SAM Loader",
+            "hf download facebook/sam-vit-base --local-dir models/sams/sam-vit-base"),
+}
+NO_FOLDER = "none"
+
+
+def stock_folder_choices(kind: str) -> list[str]:
+    """Folders of ``kind`` under its ComfyUI model folder(s), relative names; ["none"] when there is none."""
+    sub, model_type = STOCK_FOLDERS[kind][:2]
+    found = _find_folders(comfy_adapter.model_folders(sub), lambda p: _model_type(p / "config.json") == model_type)
+    return found or [NO_FOLDER]
+
+
+def resolve_stock_folder(kind: str, name: str) -> Path:
+    """The folder behind a loader entry (or an absolute path), checked to be the right kind of model:
+    a CheckpointError with what to do otherwise (headers only, nothing is loaded)."""
+    sub, model_type, what, loader, download = STOCK_FOLDERS[kind]
+    name = (name or "").strip()
+    roots = [Path(r) for r in comfy_adapter.model_folders(sub)]
+    where = ", ".join(map(str, roots)) or f"models/{sub}"
+    if not name or name == NO_FOLDER:
+        raise CheckpointError(f"no model selected: the {loader} needs {what} in models/{sub}/ (e.g. `{download}`); "
+                              "press R in ComfyUI to refresh the list, then pick it.")
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = next((r / name for r in roots if (r / name).exists()), None)
+        if path is None:
+            raise CheckpointError(f"'{name}' was not found in {where}; it may have been moved or deleted. Press R "
+                                  "in ComfyUI to refresh the lists and pick the model again.")
+    if not path.is_dir():
+        raise CheckpointError(f"'{name}' is not a folder: the {loader} needs {what} (the whole Hugging Face "
+                              f"repository folder, with config.json), in models/{sub}/.")
+    found = _model_type(path / "config.json")
+    if found != model_type:
+        other = {v[1]: v[3] for v in STOCK_FOLDERS.values()}.get(found)
+        if other:
+            hint = f"it is a {dict(qwen2_5_vl='Qwen2.5-VL', clip='CLIP', sam='SAM')[found]} model: load it with {other}"
+        elif (path / "mllm_encoder").is_dir() or (path / "transformer").is_dir():
+            hint = "it is a Kiwi-Edit release / MLLM encoder, not a stock model; the judge needs the original model"
+        elif found:
+            hint = f"its config.json says model_type '{found}'"
+        else:
+            hint = "it has no readable config.json"
+        raise CheckpointError(f"'{name}' is not {what}: {hint}. Download it with `{download}`.")
+    if not any(path.glob("*.safetensors")):
+        raise CheckpointError(f"'{name}' holds no .safetensors weights (only safetensors are loaded); the download "
+                              "may be incomplete.")
+    if kind == "clip" and not (path / "preprocessor_config.json").is_file():
+        raise CheckpointError(f"'{name}' has no preprocessor_config.json (image size, crop, mean and std); download "
+                              "the whole repository folder.")
+    return path

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def _stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
