@@ -143,7 +143,7 @@ def test_every_bad_node_input_is_a_clear_error(chain, build, words, tmp_path, mo
 def test_model_names_cannot_leave_the_model_folders(tmp_path, monkeypatch, kind, name):
     """A loader's name (a widget value a crafted workflow or API call can set freely) never reaches a file
     outside ComfyUI's model folders, even when that file exists."""
-    from comfy_kiwi import comfy_adapter, model_folders
+    from comfy_kiwi.comfyui import adapter as comfy_adapter, model_folders
     models = tmp_path / "models"
     for sub in ("kiwi", "diffusion_models", "vae", "loras"):
         (models / sub).mkdir(parents=True)
