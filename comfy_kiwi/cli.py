@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from .errors import run_verb
+from .errors import prog_name, run_verb
 
 
 def _cmd_info(args) -> int:
@@ -19,13 +18,6 @@ def _cmd_info(args) -> int:
     info = describe_toy_release(args.path) if is_toy_release(args.path) else describe(args.path)
     print(json.dumps(info, indent=2, default=str))
     return 0
-
-
-def prog_name(package: str) -> str:
-    """What ``usage:`` calls the program: the console script's own name (``comfy-kiwi``), or
-    ``python -m <package>`` when run as a module."""
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return f"python -m {package}" if name in ("", "-c", "__main__.py") else name
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -7,6 +7,7 @@ They also subclass the matching builtin so callers that catch ``ValueError`` kee
 ``python -m trainer.data``) reports them.
 """
 
+import os
 import sys
 
 
@@ -24,6 +25,13 @@ class InputError(KiwiError, ValueError):
 
 class BackendUnavailableError(KiwiError, RuntimeError):
     """A requested backend (attention kernel, device, codec) cannot run on this machine."""
+
+
+def prog_name(package: str) -> str:
+    """What ``usage:`` calls the program: the console script's own name (``comfy-kiwi``), or
+    ``python -m <package>`` when run as a module."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return f"python -m {package}" if name in ("", "-c", "__main__.py") else name
 
 
 def run_verb(parser, argv=None) -> int:

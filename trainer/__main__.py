@@ -15,7 +15,7 @@ PRESETS = Path(__file__).resolve().parent / "presets"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from comfy_kiwi.cli import prog_name
+    from comfy_kiwi.errors import prog_name
     p = argparse.ArgumentParser(prog=prog_name(__package__), description="The comfy-kiwi trainer.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     t = sub.add_parser("train", help="train a method from a TOML config")

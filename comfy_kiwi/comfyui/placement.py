@@ -44,7 +44,7 @@ def parse_device(name: str | None, option: str = "--device") -> torch.device:
     """A device name from a command line, checked against this machine: None/"auto" → cuda when
     available, else the CPU. A name torch does not know, or a device this machine or this PyTorch
     build lacks, is an error that says what exists (not torch's assertion deep inside a load)."""
-    from .errors import BackendUnavailableError, InputError
+    from ..errors import BackendUnavailableError, InputError
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
