@@ -15,23 +15,13 @@ from trainer.data.datasets import read_records
 from trainer.evaluate import fixed_loss
 from trainer.loop import train
 from trainer.methods import get_method
-from trainer_fixtures import tiny_setup
+from trainer_fixtures import run_config, tiny_setup
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     return root, tiny_setup(root)
-
-
-def config(setup, name, **sections):
-    root, toml = setup
-    cfg = load_config(toml)
-    cfg.checkpoint.output_dir = str(root / name)
-    for sect, values in sections.items():
-        for k, v in values.items():
-            setattr(getattr(cfg, sect), k, v)
-    return cfg
 
 
 def fresh_module(cfg):
@@ -42,7 +32,7 @@ def fresh_module(cfg):
 
 
 def test_loss_goes_down_base_frozen_modules_change(setup):
-    cfg = config(setup, "learn", schedule={"max_steps": 25})
+    cfg = run_config(setup, "learn", schedule={"max_steps": 25})
     result = train(cfg, log=lambda *a: None)
     module = result["module"]
     method, base = fresh_module(cfg)
@@ -68,8 +58,8 @@ def test_loss_goes_down_base_frozen_modules_change(setup):
 
 
 def test_killed_run_resumes_exactly(setup):
-    full = train(config(setup, "full", schedule={"max_steps": 10}), log=lambda *a: None)
-    cfg = config(setup, "killed", schedule={"max_steps": 10})
+    full = train(run_config(setup, "full", schedule={"max_steps": 10}), log=lambda *a: None)
+    cfg = run_config(setup, "killed", schedule={"max_steps": 10})
     first = train(cfg, stop_after=7, log=lambda *a: None)          # killed after step 7; checkpoint at 5
     assert first["step"] == 7 and find_checkpoint(cfg.output_dir, "auto").name == "step-00000005"
     second = train(cfg, resume="auto", log=lambda *a: None)
@@ -112,11 +102,11 @@ def test_max_steps_stops_without_changing_the_schedule(setup):
 
 
 def test_gradient_accumulation_and_checkpointing(setup):
-    plain = train(config(setup, "plain", schedule={"max_steps": 2}), log=lambda *a: None)
-    ckpt = train(config(setup, "gc", schedule={"max_steps": 2}, precision={"gradient_checkpointing": True}),
+    plain = train(run_config(setup, "plain", schedule={"max_steps": 2}), log=lambda *a: None)
+    ckpt = train(run_config(setup, "gc", schedule={"max_steps": 2}, precision={"gradient_checkpointing": True}),
                  log=lambda *a: None)
     assert plain["losses"] == pytest.approx(ckpt["losses"], abs=1e-5)
-    acc = train(config(setup, "accum", schedule={"max_steps": 2, "batch_size": 1, "grad_accum": 2}),
+    acc = train(run_config(setup, "accum", schedule={"max_steps": 2, "batch_size": 1, "grad_accum": 2}),
                 log=lambda *a: None)
     assert len(acc["losses"]) == 2 and all(torch.isfinite(torch.tensor(acc["losses"])))
 
@@ -124,13 +114,13 @@ def test_gradient_accumulation_and_checkpointing(setup):
 def test_bf16_autocast_step_runs(setup):
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(True)       # one process, several precisions: tests only
-    out = train(config(setup, "bf16", schedule={"max_steps": 1}, precision={"mixed": "bf16"}), log=lambda *a: None)
+    out = train(run_config(setup, "bf16", schedule={"max_steps": 1}, precision={"mixed": "bf16"}), log=lambda *a: None)
     AcceleratorState._reset_state(True)
     assert torch.isfinite(torch.tensor(out["losses"])).all()
 
 
 def test_cache_reused_and_invalidated(setup):
-    cfg = config(setup, "cache")
+    cfg = run_config(setup, "cache")
     records = read_records(cfg.data.dataset)
     from trainer.loop import _loaders
     first = build_cache(records, cfg, *_loaders(cfg, "cpu"), log=lambda *a: None)

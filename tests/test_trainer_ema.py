@@ -10,7 +10,7 @@ from trainer.checkpoint import load_init_state
 from trainer.config import load_config
 from trainer.ema import WeightEMA
 from trainer.loop import train
-from trainer_fixtures import tiny_setup
+from trainer_fixtures import run_config, tiny_setup
 
 from comfy_kiwi.errors import InputError
 
@@ -40,24 +40,14 @@ def setup(tmp_path_factory):
     return root, tiny_setup(root)
 
 
-def _config(setup, name, **sections):
-    root, toml = setup
-    cfg = load_config(toml)
-    cfg.checkpoint.output_dir = str(root / name)
-    for sect, values in sections.items():
-        for k, v in values.items():
-            setattr(getattr(cfg, sect), k, v)
-    return cfg
-
-
 def test_run_saves_the_average_of_its_raw_trajectory_and_resumes_exactly(setup):
     decay, steps = 0.8, 8
     # the raw trajectory, one checkpoint per step, no EMA
-    raw = _config(setup, "raw", schedule={"max_steps": steps}, checkpoint={"every": 1, "keep": 0})
+    raw = run_config(setup, "raw", schedule={"max_steps": steps}, checkpoint={"every": 1, "keep": 0})
     train(raw, log=lambda *a: None)
     start = load_file(str(next((raw.output_dir / "checkpoints").glob("step-00000001")) / "trainable.safetensors"))
     # the run with an EMA: training itself must be unchanged by the EMA
-    cfg = _config(setup, "ema", schedule={"max_steps": steps}, optimizer={"ema_decay": decay})
+    cfg = run_config(setup, "ema", schedule={"max_steps": steps}, optimizer={"ema_decay": decay})
     out = train(cfg, log=lambda *a: None)
     final = load_file(str(cfg.output_dir / "imvideoedit.safetensors"))
     last_raw = load_file(str(cfg.output_dir / "checkpoints" / f"step-{steps:08d}" / "trainable.safetensors"))
@@ -88,7 +78,7 @@ def test_run_saves_the_average_of_its_raw_trajectory_and_resumes_exactly(setup):
     assert all(torch.equal(init_state[k], final[k]) for k in final)
 
     # killed after step 6 (checkpoint at 5), resumed: the same average as the uninterrupted run
-    killed = _config(setup, "killed", schedule={"max_steps": steps}, optimizer={"ema_decay": decay})
+    killed = run_config(setup, "killed", schedule={"max_steps": steps}, optimizer={"ema_decay": decay})
     train(killed, stop_after=6, log=lambda *a: None)
     train(killed, resume="auto", log=lambda *a: None)
     again = load_file(str(killed.output_dir / "imvideoedit.safetensors"))

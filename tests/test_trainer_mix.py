@@ -16,7 +16,7 @@ from trainer.data.cache import CachedDataset, build_cache, collate
 from trainer.data.datasets import read_records
 from trainer.data.order import BatchOrder, MixedOrder
 from trainer.loop import _loaders, train
-from trainer_fixtures import shape_image, tiny_setup, one_thread  # noqa: F401 (fixture)
+from trainer_fixtures import run_config, shape_image, tiny_setup, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,19 +53,9 @@ def setup(tmp_path_factory):
     return root, toml
 
 
-def config(setup, name, **sections):
-    root, toml = setup
-    cfg = load_config(toml)
-    cfg.checkpoint.output_dir = str(root / name)
-    for sect, values in sections.items():
-        for k, v in values.items():
-            setattr(getattr(cfg, sect), k, v)
-    return cfg
-
-
 def test_mask_and_target_caption_columns_reach_the_batch(setup):
     root, _ = setup
-    cfg = config(setup, "cols")
+    cfg = run_config(setup, "cols")
     records = read_records(root / "data" / "a.csv")
     assert records[1].target_caption == "caption 1" and records[1].mask.endswith("mask1.png")
     path = build_cache(records, cfg, *_loaders(cfg, "cpu"), log=lambda *a: None)
@@ -92,7 +82,7 @@ def test_mask_and_target_caption_columns_reach_the_batch(setup):
 
 def test_two_datasets_accumulate_one_micro_step_each_with_kiwi_lr(setup):
     root, _ = setup
-    cfg = config(setup, "two", schedule={"max_steps": 6, "batch_size": 1, "grad_accum": 0,
+    cfg = run_config(setup, "two", schedule={"max_steps": 6, "batch_size": 1, "grad_accum": 0,
                                          "lr_schedule": "kiwi_constant"},
                  data={"datasets": [{"dataset": str(root / "data" / "a.csv")},
                                     {"dataset": str(root / "data" / "b.csv")}]})
@@ -107,7 +97,7 @@ def test_two_datasets_accumulate_one_micro_step_each_with_kiwi_lr(setup):
 
     # a later stage starts from this run's final weights
     final = load_file(str(cfg.output_dir / "imvideoedit.safetensors"))
-    nxt = config(setup, "next", schedule={"max_steps": 1, "batch_size": 1})
+    nxt = run_config(setup, "next", schedule={"max_steps": 1, "batch_size": 1})
     nxt.checkpoint.init_from = str(cfg.output_dir / "imvideoedit.safetensors")
     nxt.optimizer.lr = 1e-12
     nxt.optimizer.weight_decay = 0.0

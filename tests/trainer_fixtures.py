@@ -71,6 +71,19 @@ def write_config(folder: Path, models: dict, dataset: Path, **sections) -> Path:
     return path
 
 
+def run_config(setup, name, **sections):
+    """The config of ``setup`` = (root, toml) with its own output folder ``root/name`` and ``sections`` set on it,
+    e.g. ``run_config(setup, "resume", schedule={"max_steps": 10})``."""
+    from trainer.config import load_config
+    root, toml = setup
+    cfg = load_config(toml)
+    cfg.checkpoint.output_dir = str(root / name)
+    for sect, values in sections.items():
+        for k, v in values.items():
+            setattr(getattr(cfg, sect), k, v)
+    return cfg
+
+
 def tiny_setup(folder: Path, count: int = 8, **sections) -> Path:
     models = write_models(folder / "models")
     dataset = write_pairs(folder / "data", count)
