@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError
+from .registry import model_folder_kind
 
 RELEASE_PARTS = ("transformer", "vae", "mllm_encoder", "processor", "source_embedder", "ref_embedder")
 
@@ -26,7 +27,6 @@ def is_release_folder(path: Path) -> bool:
 
 
 def describe(source) -> dict:
-    from .registry import model_folder_kind
     path = Path(source).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder.")

@@ -32,6 +32,7 @@ import torch
 from ..errors import CheckpointError, InputError
 from ..models.wan_vae import TEMPORAL_FACTOR, WanVAE, WanVAEConfig, published_latent_stats
 from .files import SAFETENSORS_SUFFIXES, LazyStateDict, load_into_module, open_state_dict
+from .registry import vae_folder_kind
 from .vae_keys import DIFFUSERS_MARKER, ORIGINAL_MARKER, diffusers_to_original, is_residual_layout
 
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -247,7 +248,6 @@ def load_vae(source, dtype: torch.dtype | None = None, device="cpu") -> WanVAE:
     Raises :class:`CheckpointError` naming the source and the missing/mis-shaped keys.
     """
     if isinstance(source, (str, Path)) and Path(source).expanduser().is_dir():
-        from .registry import vae_folder_kind
         folder = _vae_folder(Path(source).expanduser())
         kind = vae_folder_kind(folder)
         if kind is not None:                          # e.g. the toy codec: weightless, no dtype to cast
