@@ -14,9 +14,7 @@ from .errors import prog_name, run_verb
 
 def _cmd_info(args) -> int:
     from .loading.inspect import describe
-    from .toy.release import describe_toy_release, is_toy_release
-    info = describe_toy_release(args.path) if is_toy_release(args.path) else describe(args.path)
-    print(json.dumps(info, indent=2, default=str))
+    print(json.dumps(describe(args.path), indent=2, default=str))
     return 0
 
 
@@ -40,12 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_cmd_info)
     from .edit_command import add_edit_parser
     from .judging.judge_command import add_judge_parser
+    from .loading.registry import kinds
     from .memory.plan_command import add_plan_parser
-    from .toy.command import add_toy_data_parser
     add_edit_parser(sub)
     add_judge_parser(sub)
     add_plan_parser(sub)
-    add_toy_data_parser(sub)
+    for kind in kinds():                    # verbs of registered folder kinds (the toy world's toy-data, toy-init)
+        if kind.add_verbs is not None:
+            kind.add_verbs(sub)
     for verb in sub.choices.values():
         verb.formatter_class = HelpFormatter
     return p

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
+from .loading.registry import default_model_kind, kinds, model_folder_kind
 from .output_paths import check_writable_folder, replacing
 from .comfyui.placement import parse_device
 from .sampling.schedule import MAX_STEPS
@@ -108,18 +109,15 @@ def run_edit(args) -> int:
                             seed=args.seed, denoise=args.denoise, max_pixels=args.max_pixels,
                             num_frames=max_frames, vae_tiled=args.tiled_vae, block_swap=args.block_swap,
                             step_cache=args.step_cache)
-    from .toy import cli_hooks as toy
     if args.imvideoedit and args.model is None:
         raise InputError("--imvideoedit needs --model: the Wan2.1 T2V DiT the ImVideoEdit weights were trained on.")
-    toy_model = toy.toy_model_folder(args.model)      # None unless --model is absent or a toy folder
-    if args.model is None:
-        toy.check_default_model_input(frames, args.video)
-    print(f"loading {toy_model or args.model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
+    kind, model = _folder_kind(args, frames)          # kind None: a Kiwi-Edit release
+    print(f"loading {model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
     if args.imvideoedit:
         result = _run_imvideoedit(args, frames, settings, dtype, device)
     else:
-        if toy_model is not None:
-            pipe, frames = toy.load_pipeline(toy_model, device, dtype), toy.prepare_frames(frames)
+        if kind is not None:
+            pipe, frames = kind.load_pipeline(model, device, dtype), kind.edit.prepare_frames(frames)
         else:
             pipe = EditPipeline.from_pretrained(args.model, dtype=dtype, device=device, attention=args.attention,
                                                 dit_device="cpu" if args.block_swap else None)
@@ -146,9 +144,23 @@ def run_edit(args) -> int:
     report = {"out": str(out), "frames": int(result.frames.shape[0]),
               "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
               "latents": None if result.latents is None else list(result.latents.shape)}
-    report.update(toy.judge_report(args.video, args.instruction, refs, result.frames))   # toy videos only
+    for other in kinds():                   # e.g. the toy judge's scores, for a toy video with a sidecar
+        report.update(other.edit.report(args.video, args.instruction, refs, result.frames))
     print(json.dumps(report))
     return 0
+
+
+def _folder_kind(args, frames):
+    """The registered folder kind of --model (or the kind whose default model runs when --model is
+    absent) and the model folder; ``(None, args.model)`` for a Kiwi-Edit release."""
+    if args.model is not None:
+        kind = model_folder_kind(args.model)
+        return kind, (args.model if kind is None else Path(args.model).expanduser())
+    kind = default_model_kind()
+    if kind is None:
+        raise InputError("--model is required: a Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...).")
+    kind.edit.check_default_input(frames, args.video)
+    return kind, kind.default_model
 
 
 def _check_numbers(args) -> None:

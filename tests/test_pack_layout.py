@@ -152,7 +152,7 @@ def test_nodes_use_no_string_importer():
 
 
 COMMAND_LINE = ("comfy_kiwi.cli", "comfy_kiwi.edit_command", "comfy_kiwi.memory.plan_command",
-                "comfy_kiwi.judging.judge_command", "comfy_kiwi.toy.command", "comfy_kiwi.toy.cli_hooks")
+                "comfy_kiwi.judging.judge_command", "comfy_kiwi.toy.command", "comfy_kiwi.toy.plugin")
 
 
 def test_the_trainer_does_not_import_the_command_line():

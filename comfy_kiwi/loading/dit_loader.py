@@ -298,7 +298,8 @@ def build_empty(config: WanDiTConfig, has_source: bool = False, has_ref: bool = 
         if has_source and has_source_gamma:      # Kiwi-Edit paper's γ(t) (key source_embedder.gamma.table)
             model.source_embedder.attach_gamma()
         if has_concat_source:      # VIVA channel-concat source (source_mode "concat")
-            model.attach_channel_concat_source()
+            from ..methods.viva_source import CHANNEL_CONCAT
+            model.attach_source_strategy(CHANNEL_CONCAT)
     modules = dict(model.named_modules())
     for path, shape in (scales or {}).items():
         if hasattr(modules.get(path), "enable_weight_scale"):

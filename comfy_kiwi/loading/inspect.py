@@ -1,7 +1,8 @@
 """``describe(path)``: what a file or folder is, as JSON-ready data (``python -m comfy_kiwi info``).
 
 Each model kind answers for itself (``describe_dit``, ``describe_vae``, ``describe_mllm`` return
-None for files that are not theirs); a Kiwi-Edit release folder is described part by part.
+None for files that are not theirs); a Kiwi-Edit release folder is described part by part; a folder
+of a registered kind (``registry.py``) describes itself.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError
+from .registry import model_folder_kind
 
 RELEASE_PARTS = ("transformer", "vae", "mllm_encoder", "processor", "source_embedder", "ref_embedder")
 
@@ -28,6 +30,9 @@ def describe(source) -> dict:
     path = Path(source).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder.")
+    kind = model_folder_kind(path)
+    if kind is not None:                    # a registered folder kind (e.g. a toy model) describes itself
+        return kind.describe(path)
     if is_release_folder(path):
         parts = {}
         for name in RELEASE_PARTS:
@@ -36,13 +41,14 @@ def describe(source) -> dict:
                 parts[name] = {"kind": "kiwi-embedder", "path": str(sub), "weights": None,
                                "note": "config only: the release has no such branch"}
             else:
-                parts[name] = _describe_one(sub) if sub.exists() else None
+                parts[name] = describe_part(sub) if sub.exists() else None
         missing = [n for n in ("transformer", "vae", "mllm_encoder", "processor") if parts[n] is None]
         return {"kind": "kiwi-release", "path": str(path), "parts": parts, "missing_parts": missing}
-    return _describe_one(path)
+    return describe_part(path)
 
 
-def _describe_one(path: Path) -> dict:
+def describe_part(path: Path) -> dict:
+    """One file or folder (a release part) described by the first describer that knows it."""
     if path.is_dir() and path.name == "processor":
         files = sorted(p.name for p in path.iterdir())
         return {"kind": "processor", "path": str(path), "files": files}

@@ -9,9 +9,9 @@ Accepted sources:
   (original keys) or a diffusers ``AutoencoderKLWan`` folder (keys converted); a pipeline folder
   holding such a ``vae/`` subfolder;
 - an in-memory ``{name: tensor}`` state dict in either layout;
-- a toy-world codec folder (``config.json`` naming ``KiwiToyPatchCodec``, no weights; a release root
-  holding one as ``vae/``): the lossless patch codec of ``comfy_kiwi/toy/codec.py``, so the trainer and
-  every loader take a toy model's "VAE" like a real one.
+- the VAE folder of a registered folder kind (``registry.py``; a release root holding one as ``vae/``),
+  loaded by that kind: e.g. the toy world's lossless patch codec, so the trainer and every loader take a
+  toy model's "VAE" like a real one.
 
 The architecture is read from the tensor shapes (the version from the layout, widths from the conv
 shapes), so no config is needed; a config.json only supplies the latent statistics, and must agree
@@ -32,6 +32,7 @@ import torch
 from ..errors import CheckpointError, InputError
 from ..models.wan_vae import TEMPORAL_FACTOR, WanVAE, WanVAEConfig, published_latent_stats
 from .files import SAFETENSORS_SUFFIXES, LazyStateDict, load_into_module, open_state_dict
+from .registry import vae_folder_kind
 from .vae_keys import DIFFUSERS_MARKER, ORIGINAL_MARKER, diffusers_to_original, is_residual_layout
 
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -247,10 +248,10 @@ def load_vae(source, dtype: torch.dtype | None = None, device="cpu") -> WanVAE:
     Raises :class:`CheckpointError` naming the source and the missing/mis-shaped keys.
     """
     if isinstance(source, (str, Path)) and Path(source).expanduser().is_dir():
-        from ..toy.codec import is_codec_folder, load_codec
         folder = _vae_folder(Path(source).expanduser())
-        if is_codec_folder(folder):
-            return load_codec(folder, device)         # weightless: dtype has nothing to cast
+        kind = vae_folder_kind(folder)
+        if kind is not None:                          # e.g. the toy codec: weightless, no dtype to cast
+            return kind.load_vae(folder, device)
     prepared = _prepare(source)
     if prepared is None:
         state, _, name = _open(source)

@@ -13,3 +13,7 @@
 Add-ons attach to a base Wan DiT without changing its weights or key layout. docs/METHODS.md maps
 each paper's equations to these functions.
 """
+
+# A method's WanDiT strategies register by name when their module is imported; importing any method
+# module imports this package first, so "concat" (VIVA) is known wherever a method may ask for it.
+from . import viva_source  # noqa: E402,F401

@@ -13,8 +13,11 @@ Initialisation (chosen here so a base DiT is unchanged at step 0):
   *not* be zero: with both the right half of P and E_s at zero neither would ever get a gradient.
   The right half of P gets the gradient ∂L/∂z · E_s(x_src)ᵀ from the first step on.
 
-This replaces Kiwi-Edit's ``patch_embedding(x_t) + source_embedder(x_src)·σ`` at
-``WanDiT.embed_inputs``: call ``forward(x, source_latents)`` on the patch-embedded tokens there.
+This replaces Kiwi-Edit's ``patch_embedding(x_t) + source_embedder(x_src)·σ``: :data:`CHANNEL_CONCAT` is
+the ``WanDiT`` source strategy (``comfy_kiwi/models/source_strategy.py``) named "concat", registered when
+this module is imported; ``dit.attach_source_strategy(CHANNEL_CONCAT)`` puts the embedder in the DiT's
+``source_mixer`` slot (keys ``source_mixer.patch_embedding.*`` / ``source_mixer.projector.*``) and
+``WanDiT.embed_inputs`` calls ``forward(x, source_latents)`` on the patch-embedded tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models.source_strategy import register_source_strategy
 
 
 class ChannelConcatSourceEmbedder(nn.Module):
@@ -76,3 +80,27 @@ class ChannelConcatSourceEmbedder(nn.Module):
         src = src.expand(b, -1, -1).to(noisy_tokens.dtype)
         w = self.projector.weight
         return self.projector(torch.cat([noisy_tokens.to(w.dtype), src.to(w.dtype)], dim=-1)).to(noisy_tokens.dtype)
+
+
+class ChannelConcatSource:
+    """The ``WanDiT`` source strategy of VIVA eq. 2 (``source_mode`` "concat"): the DiT's ``source_mixer``
+    (a :class:`ChannelConcatSourceEmbedder`) mixes the source into the noisy tokens; no σ scale."""
+
+    name = "concat"
+
+    def attach(self, dit) -> None:
+        """Add the embedder, initialised so the DiT's output equals the base model's (P = [I | 0])."""
+        if dit.source_mixer is None:
+            dit.source_mixer = ChannelConcatSourceEmbedder.from_dit(dit)
+
+    def scale(self, dit, scale, t, source, latents):
+        if dit.source_mixer is None:
+            raise InputError("source_mode is 'concat' but this DiT has no source_mixer; call "
+                             "attach_channel_concat_source().")
+        return None                     # the channel-concat path has no σ scale
+
+    def embed(self, dit, x: torch.Tensor, source: torch.Tensor, scale) -> torch.Tensor:
+        return dit.source_mixer(x, source)
+
+
+CHANNEL_CONCAT = register_source_strategy(ChannelConcatSource())

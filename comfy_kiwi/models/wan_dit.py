@@ -20,14 +20,11 @@ from torch import nn
 
 from ..attention import BACKENDS, attention
 from ..errors import InputError
-from ..sampling.schedule import sigma_to_timestep
 from .conditioning import ConditionEmbedder
+from .source_strategy import SIGMA_SCALED_ADD, source_strategy_named
 from .wan_config import WanDiTConfig
 
 CONTEXT_EMBEDDINGS = ("auto", "text", "none")
-# How source latents enter: Kiwi-Edit's σ-scaled addition (default, the released models) or VIVA's
-# channel-concat + projection (eq. 2; ``attach_channel_concat_source``).
-SOURCE_MODES = ("add_sigma", "concat")
 
 
 class CastLinear(nn.Linear):
@@ -206,10 +203,11 @@ class WanDiT(nn.Module):
     - ``timestep``: a number, [B], or per-token [B, f·h·w] (Wan2.2 TI2V; reference tokens get t = 0).
     - ``context`` [B, Lc, C]: ``context_embedding`` "text" runs it through ``text_embedding`` (umT5,
       C = text_dim), "none" feeds it to cross-attention as is (Kiwi MLLM, C = dim), "auto" picks by C.
-    - ``source_latents`` (shape of ``latents``): added after patch embedding through
-      ``source_embedder``, times ``source_scale`` (σ: a number or [B]; default timestep/1000) —
-      ``source_mode`` "add_sigma"; with ``source_mode`` "concat" (VIVA) ``source_mixer`` mixes them
-      with the patch-embedded noisy tokens instead (``source_scale`` unused).
+    - ``source_latents`` (shape of ``latents``): mixed into the patch-embedded noisy tokens by the
+      attached ``source_strategy`` (``source_strategy.py``; ``source_mode`` is its name). The default,
+      "add_sigma" (Kiwi-Edit), adds them through ``source_embedder`` times ``source_scale`` (σ: a number
+      or [B]; default timestep/1000); a method may attach its own (``attach_source_strategy``), whose
+      weights sit in the ``source_mixer`` slot.
     - ``reference_latents`` [B, C, Fr, H, W]: ``ref_embedder`` tokens placed after the video tokens
       (or before when ``reference_first``); RoPE spans f+Fr frames, so the sequence order decides
       the frame indices; the reference tokens are dropped after the head.
@@ -227,8 +225,8 @@ class WanDiT(nn.Module):
         self.head = Head(c)
         self.register_module("source_embedder", None)
         self.register_module("ref_embedder", None)
-        self.register_module("source_mixer", None)   # VIVA channel-concat embedder (opt-in, keys source_mixer.*)
-        self.source_mode = "add_sigma"
+        self.register_module("source_mixer", None)   # a method's source-strategy weights (keys source_mixer.*)
+        self.source_strategy = SIGMA_SCALED_ADD
         self.reference_first = False
         self.sinusoid_dtype = torch.float64       # float32 = diffusers' time-embedding numerics
         self.context_embedding = "auto"
@@ -281,25 +279,28 @@ class WanDiT(nn.Module):
             self.reference_first = bool(reference_first)
         return self
 
-    def attach_channel_concat_source(self) -> "WanDiT":
-        """Switch to VIVA's channel-concat source conditioning (eq. 2): adds ``source_mixer`` (a
-        ``ChannelConcatSourceEmbedder`` initialised so the output equals the base model's) and sets
-        ``source_mode = "concat"``. Keys ``source_mixer.patch_embedding.*`` / ``source_mixer.projector.*``."""
-        from ..methods.viva_source import ChannelConcatSourceEmbedder   # methods import models: import late
-        if self.source_mixer is None:
-            self.source_mixer = ChannelConcatSourceEmbedder.from_dit(self)
-        self.source_mode = "concat"
+    def attach_source_strategy(self, strategy) -> "WanDiT":
+        """Use ``strategy`` (a registered source strategy, or its name) for source latents; it adds the
+        weights it needs (``strategy.attach``)."""
+        strategy = source_strategy_named(strategy) if isinstance(strategy, str) else strategy
+        strategy.attach(self)
+        self.source_strategy = strategy
         return self
+
+    def attach_channel_concat_source(self) -> "WanDiT":
+        """``attach_source_strategy("concat")``: the strategy of that name, registered by the method that
+        owns it (VIVA, comfy_kiwi/methods/viva_source.py; imported by whoever loads VIVA weights)."""
+        return self.attach_source_strategy("concat")
 
     @property
     def source_mode(self) -> str:
-        return self._source_mode
+        """The attached source strategy's name; setting it selects a registered strategy by name (its
+        weights, if any, must already be attached)."""
+        return self.source_strategy.name
 
     @source_mode.setter
     def source_mode(self, mode: str) -> None:
-        if mode not in SOURCE_MODES:
-            raise InputError(f"source_mode must be one of {', '.join(SOURCE_MODES)}, got {mode!r}.")
-        self._source_mode = mode
+        self.source_strategy = source_strategy_named(mode)
 
     # --- forward --------------------------------------------------------------------------------------
     def forward(self, latents: torch.Tensor, timestep, context: torch.Tensor,
@@ -326,10 +327,8 @@ class WanDiT(nn.Module):
     def embed_inputs(self, latents, source_latents=None, source_scale=None, reference_latents=None,
                      reference_first: bool = False) -> torch.Tensor:
         x = self.patch_embedding(latents.to(self.dtype)).flatten(2).transpose(1, 2)     # [B, f·h·w, dim]
-        if source_latents is not None and self.source_mode == "concat":
-            x = self.source_mixer(x, source_latents)
-        elif source_latents is not None:
-            x = x + self.source_embedder(source_latents) * source_scale.to(x.dtype)
+        if source_latents is not None:
+            x = self.source_strategy.embed(self, x, source_latents, source_scale)
         if reference_latents is not None:
             r = self.ref_embedder(reference_latents).expand(x.shape[0], -1, -1)       # [B, Fr·h·w, dim]
             x = torch.cat([r, x] if reference_first else [x, r], dim=1)
@@ -428,30 +427,7 @@ class WanDiT(nn.Module):
                          f"per-token [B, f·h·w] = [{batch}, {n_tokens}].")
 
     def _source_scale(self, scale, t: torch.Tensor, source: torch.Tensor | None, latents: torch.Tensor):
-        if source is None:
-            return None
-        if self.source_mode == "concat":
-            if self.source_mixer is None:
-                raise InputError("source_mode is 'concat' but this DiT has no source_mixer; call "
-                                 "attach_channel_concat_source().")
-            return None                     # the channel-concat path has no σ scale
-        if self.source_embedder is None:
-            raise InputError("source latents were given but this DiT has no source embedder; load a Kiwi-Edit "
-                             "model (source_embedder/) or call attach_condition_embedders().")
-        if source.ndim != 5 or source.shape[1:] != latents.shape[1:] or source.shape[0] not in (1, t.shape[0]):
-            raise InputError(f"source latents {tuple(source.shape)} must have the latents' shape "
-                             f"{tuple(latents.shape)} (the VAE encoding of the source video at the same size).")
-        if scale is None:
-            if t.shape[1] > 1:
-                raise InputError("with per-token timesteps, source_scale (σ per sample) must be given.")
-            s = t.float() / 1000.0
-        else:
-            s = torch.as_tensor(scale, dtype=torch.float32, device=self.device)
-            if s.numel() not in (1, t.shape[0]):
-                raise InputError(f"source_scale must be a number or [B] = [{t.shape[0]}], got shape {tuple(s.shape)}.")
-        if self.source_embedder.gamma is not None:         # the paper's γ(t), keyed by the sample's 1000·σ
-            s = self.source_embedder.gamma(sigma_to_timestep(s.reshape(-1)))
-        return s.reshape(-1, 1, 1)
+        return None if source is None else self.source_strategy.scale(self, scale, t, source, latents)
 
     def _context_mode(self, width: int) -> str:
         c, mode = self.config, self.context_embedding

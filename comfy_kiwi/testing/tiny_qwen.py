@@ -132,7 +132,10 @@ def build_tiny_qwen(seed: int = 0) -> TinyQwen:
 # files
 # --------------------------------------------------------------------------------------------------
 
-def _preprocessor_configs() -> tuple[dict, dict]:
+def qwen_preprocessor_configs() -> tuple[dict, dict]:
+    """``(preprocessor_config.json, video_preprocessor_config.json)`` of a Qwen2.5-VL processor folder, with
+    Qwen2.5-VL's values (patch 14, merge 2, temporal patch 2, CLIP mean/std). Public: the toy world's
+    release writer (``comfy_kiwi/toy/``) writes the same files."""
     common = {"do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
               "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "rescale_factor": 1 / 255,
               "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "resample": 3,
@@ -159,7 +162,7 @@ def write_processor_files(folder: Path, tiny: TinyQwen, template_file: str = "ch
         (folder / template_file).write_text(CHAT_TEMPLATE)
     else:
         (folder / template_file).write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
-    image, video = _preprocessor_configs()
+    image, video = qwen_preprocessor_configs()
     (folder / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
     (folder / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
 

@@ -118,7 +118,7 @@ def build_toy_mllm(cfg: ToyModelConfig = ToyModelConfig(), seed: int = 0):
     from ..mllm.encoder import MLLMEncoder
     from ..mllm.preprocess import VisionSettings
     from ..mllm.prompt import PromptProcessor
-    from ..testing.tiny_qwen import _preprocessor_configs
+    from ..testing.tiny_qwen import qwen_preprocessor_configs
     tokenizer = build_toy_tokenizer()
     qcfg = Qwen2_5_VLConfig(**toy_qwen_config_dict(cfg, tokenizer))
     with torch.random.fork_rng(devices=[]):
@@ -127,7 +127,7 @@ def build_toy_mllm(cfg: ToyModelConfig = ToyModelConfig(), seed: int = 0):
         with torch.no_grad():
             model.model.language_model.embed_tokens.weight.normal_(0.0, cfg.embed_std)
     model.eval()
-    vision = VisionSettings.from_configs(qcfg.vision_config, _preprocessor_configs()[0])
+    vision = VisionSettings.from_configs(qcfg.vision_config, qwen_preprocessor_configs()[0])
     processor = PromptProcessor(tokenizer, CHAT_TEMPLATE, vision, cfg.encoder_config().placeholder_token)
     return MLLMEncoder(model, processor, cfg.encoder_config(), init_seed=seed)
 

@@ -23,7 +23,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 
 def _write_processor(folder: Path, encoder) -> None:
-    from ..testing.tiny_qwen import _preprocessor_configs
+    from ..testing.tiny_qwen import qwen_preprocessor_configs
     tok = encoder.processor.tokenizer
     folder.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(folder)
@@ -33,7 +33,7 @@ def _write_processor(folder: Path, encoder) -> None:
     tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"     # word-level: no Qwen BPE files
     cfg_path.write_text(json.dumps(tok_cfg, indent=2))
     (folder / "chat_template.jinja").write_text(encoder.processor.chat_template)
-    image, video = _preprocessor_configs()
+    image, video = qwen_preprocessor_configs()
     (folder / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
     (folder / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
     qwen_cfg = encoder.model.config.to_dict()
@@ -89,9 +89,9 @@ def load_toy_pipeline(folder=None, device="cpu", dtype: torch.dtype = torch.floa
 def describe_toy_release(folder) -> dict:
     """``python -m comfy_kiwi info`` for a toy folder: every part as the project describes it, the
     codec from its config (the generic inspector knows only Wan VAE files)."""
-    from ..loading.inspect import RELEASE_PARTS, _describe_one
+    from ..loading.inspect import RELEASE_PARTS, describe_part
     from .codec import codec_config
     folder = Path(folder)
-    parts = {name: (codec_config() if name == "vae" else _describe_one(folder / name))
+    parts = {name: (codec_config() if name == "vae" else describe_part(folder / name))
              if (folder / name).exists() else None for name in RELEASE_PARTS}
     return {"kind": "kiwi-toy-release", "path": str(folder), "parts": parts}

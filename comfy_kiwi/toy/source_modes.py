@@ -2,7 +2,7 @@
 
 - ``sigma_add`` (Kiwi-Edit release): patch_embedding(x_t) + source_embedder(source) · σ
 - ``plain_add``: the same without the σ scale (· 1)
-- ``concat`` (VIVA, eq. 2): the project's ``WanDiT.source_mode = "concat"``: x_t and the source are
+- ``concat`` (VIVA, eq. 2): VIVA's WanDiT source strategy (``source_mode`` "concat"): x_t and the source are
   patch-embedded separately and their tokens concatenated and projected back to the DiT width
   (``source_mixer``; see ``comfy_kiwi/methods/viva_source.py``)
 - ``none``: no source latents; the DiT only sees the source through the MLLM context
@@ -29,7 +29,8 @@ def check_source_mode(mode: str) -> str:
 def prepare_dit(dit, mode: str):
     """Set ``dit`` up for ``mode``: the concat mode attaches VIVA's ``source_mixer``."""
     if check_source_mode(mode) == "concat":
-        dit.attach_channel_concat_source()
+        from ..methods.viva_source import CHANNEL_CONCAT
+        dit.attach_source_strategy(CHANNEL_CONCAT)
     return dit
 
 

@@ -1,6 +1,8 @@
-"""What ``python -m comfy_kiwi edit`` does differently for the toy model (kept here, so the edit
-command stays one path): which folder is the toy model, loading it, snapping lossy toy-video frames
-back onto the palette, and the toy judge's scores when the video is a toy video with a sidecar."""
+"""The toy world's entry in the folder-kind registry (``comfy_kiwi/loading/registry.py``): how a toy
+model folder is recognised, loaded and described, its codec "VAE" folder, the embedded default model
+``python -m comfy_kiwi edit`` runs without --model, snapping lossy toy-video frames back onto the
+palette, the toy judge's scores for a toy video with a sidecar, and the ``toy-data`` / ``toy-init``
+verbs. Imported by the registry on first use; nothing on the real paths names the toy world."""
 
 from __future__ import annotations
 
@@ -8,16 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .release import DEFAULT_MODEL_DIR, is_toy_release, load_toy_pipeline
-
-
-def toy_model_folder(model) -> Path | None:
-    """The toy model to use: the embedded default when ``--model`` is absent, the given folder when it
-    is a toy model, else None (a real Kiwi-Edit release)."""
-    if model is None:
-        return DEFAULT_MODEL_DIR
-    path = Path(model).expanduser()
-    return path if is_toy_release(path) else None
+from ..loading.registry import EditHooks, FolderKind, register
+from .codec import is_codec_folder, load_codec
+from .command import add_toy_data_parser
+from .release import DEFAULT_MODEL_DIR, describe_toy_release, is_toy_release, load_toy_pipeline
 
 
 def check_default_model_input(frames: torch.Tensor, video) -> None:
@@ -53,3 +49,17 @@ def judge_report(video, instruction: str, references, edited: torch.Tensor) -> d
     except InputError as e:
         return {"toy_judge_skipped": str(e)}
     return {} if scores is None else {"toy_judge": {k: round(v, 4) for k, v in scores.items()}}
+
+
+TOY_KIND = register(FolderKind(
+    name="kiwi-toy",
+    is_model_folder=is_toy_release,
+    load_pipeline=load_pipeline,
+    describe=describe_toy_release,
+    is_vae_folder=is_codec_folder,
+    load_vae=load_codec,
+    default_model=DEFAULT_MODEL_DIR,
+    edit=EditHooks(check_default_input=check_default_model_input, prepare_frames=prepare_frames,
+                   report=judge_report),
+    add_verbs=add_toy_data_parser,
+))
