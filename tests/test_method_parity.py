@@ -1,0 +1,80 @@
+"""One entry point per method: the nodes, `python -m comfy_kiwi edit` (``--save-latents``) and the trainer's evaluation
+sampling give identical latents for the same inputs (the same tiny release, weights files, video and settings)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfy_kiwi.cli import main
+from comfy_kiwi.comfyui import adapter as comfy_adapter
+from comfy_kiwi.video_io import read_video, write_video
+
+from test_imvideoedit_nodes import run
+from test_viva_rvedit_nodes import RELEASE, env  # noqa: F401  (the module fixture: tiny models + weights)
+
+INSTRUCTION = "Make the square red."
+STEPS, SEED, SHIFT = 2, 3, 5.0
+
+
+@pytest.fixture(scope="module")
+def video(env, tmp_path_factory):  # noqa: F811
+    """The source as a file (for the CLI) and as the frames the CLI reads back, prepared as the CLI prepares them."""
+    path = tmp_path_factory.mktemp("parity") / "source.mp4"
+    write_video(path, env["frames"], fps=8)
+    frames, _ = read_video(path, max_frames=81)
+    (prepared, *_) = run(env["classes"], "KiwiPrepareFrames", frames, 921600, 81, "trim")
+    return path, prepared
+
+
+def models() -> Path:
+    return Path(comfy_adapter._models_dir)
+
+
+def cli_latents(tmp_path, video_path, *extra) -> torch.Tensor:
+    out = tmp_path / "latents.safetensors"
+    assert main(["edit", "--model", str(models() / "kiwi" / RELEASE), "--video", str(video_path),
+                 "--instruction", INSTRUCTION, "--out", str(tmp_path / "out.mp4"), "--steps", str(STEPS),
+                 "--seed", str(SEED), "--shift", str(SHIFT), "--device", "cpu", "--dtype", "fp32",
+                 "--attention", "sdpa", "--save-latents", str(out), *map(str, extra)]) == 0
+    return load_file(str(out))["latents"]
+
+
+def test_viva_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # noqa: F811
+    from comfy_kiwi.methods import viva
+    from trainer.methods.viva import viva_sample
+    c, dit = env["classes"], env["dit"]
+    path, frames = video
+    weights_file = models() / "loras" / "viva_tiny.safetensors"
+    (weights,) = run(c, "KiwiVIVALoader", weights_file.name, dit)
+    (cond,) = run(c, "KiwiVIVAEncode", env["mllm"], weights, frames, INSTRUCTION, True)
+    (src,) = run(c, "KiwiEncodeSource", env["vae"], frames, "model default", False)
+    (nodes,) = run(c, "KiwiVIVASampler", dit, weights, cond, src, SEED, STEPS, SHIFT, viva.VIVA_CFG)
+    cli = cli_latents(tmp_path, path, "--viva", weights_file)                  # --cfg left out: VIVA's 2.0
+    assert torch.equal(nodes, cli)
+    trained = copy.deepcopy(dit.model)                # the trainer's DiT carries the VIVA parts for good
+    refiner = viva.load_viva(weights_file, trained)
+    batch = {"vlm_hidden": cond.context, "vlm_hidden_null": cond.negative, "vlm_mask": cond.context_mask,
+             "vlm_mask_null": cond.negative_mask, "source": src.source_latents}
+    with torch.no_grad():
+        trainer = viva_sample(trained, refiner, batch, STEPS, SHIFT, SEED)
+    assert torch.equal(nodes, trainer.float())
+
+
+def test_rvedit_nodes_and_cli_sample_the_same(env, video, tmp_path):  # noqa: F811
+    c, dit = env["classes"], env["dit"]
+    path, frames = video
+    weights_file = models() / "loras" / "rvedit_tiny.safetensors"
+    streams, mllm = run(c, "KiwiRVEDiTLoader", weights_file.name, dit, -1, env["mllm"])
+    (cond,) = run(c, "KiwiMLLMEncode", mllm, frames, INSTRUCTION, False)
+    (umt5,) = run(c, "KiwiUMT5Loader", "umt5-tiny", "fp32", "cpu")
+    (x_l,) = run(c, "KiwiUMT5Encode", umt5, INSTRUCTION, 16)
+    (src,) = run(c, "KiwiEncodeSource", env["vae"], frames, "model default", False)
+    (nodes,) = run(c, "KiwiRVEDiTSampler", dit, streams, cond, src, SEED, STEPS, SHIFT, 1.0, x_l)
+    cli = cli_latents(tmp_path, path, "--rvedit", weights_file, "--text-encoder", models() / "text_encoders" /
+                      "umt5-tiny", "--text-len", 16)
+    assert torch.equal(nodes, cli)
