@@ -65,7 +65,9 @@ def test_viva_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # no
     assert torch.equal(nodes, trainer.float())
 
 
-def test_rvedit_nodes_and_cli_sample_the_same(env, video, tmp_path):  # noqa: F811
+def test_rvedit_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # noqa: F811
+    from comfy_kiwi.methods.rvedit_streams import load_rvedit, trained_mllm
+    from trainer.methods.rvedit import RVEDiTMethod, RVEDiTModule, RVEDiTOptions
     c, dit = env["classes"], env["dit"]
     path, frames = video
     weights_file = models() / "loras" / "rvedit_tiny.safetensors"
@@ -78,3 +80,12 @@ def test_rvedit_nodes_and_cli_sample_the_same(env, video, tmp_path):  # noqa: F8
     cli = cli_latents(tmp_path, path, "--rvedit", weights_file, "--text-encoder", models() / "text_encoders" /
                       "umt5-tiny", "--text-len", 16)
     assert torch.equal(nodes, cli)
+    # the trainer's evaluation: its module (routing installed for good) with the run's MLLM, on the cached batch
+    trained = copy.deepcopy(dit.model)
+    module = RVEDiTModule(trained, load_rvedit(weights_file, trained), None, trained_mllm(env["mllm"], weights_file),
+                          RVEDiTOptions())
+    batch = {"prompt": [INSTRUCTION], "mllm_frames": (frames * 255).round().to(torch.uint8)[None],
+             "source": src.source_latents, "context": x_l.context}
+    assert torch.equal(batch["mllm_frames"][0].float() / 255, frames)          # the cache's uint8 frames lose nothing
+    trainer = RVEDiTMethod.sample(None, module, batch, STEPS, SHIFT, SEED)     # reads nothing of the method's config
+    assert torch.equal(nodes, trainer.float())
