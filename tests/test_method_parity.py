@@ -89,3 +89,19 @@ def test_rvedit_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # 
     assert torch.equal(batch["mllm_frames"][0].float() / 255, frames)          # the cache's uint8 frames lose nothing
     trainer = RVEDiTMethod.sample(None, module, batch, STEPS, SHIFT, SEED)     # reads nothing of the method's config
     assert torch.equal(nodes, trainer.float())
+
+
+def test_kiwi_edit_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # noqa: F811
+    from trainer.methods.kiwi import KiwiMethod
+    from trainer.methods.kiwi_module import KiwiModule
+    c, dit = env["classes"], env["dit"]
+    path, frames = video
+    (cond,) = run(c, "KiwiMLLMEncode", env["mllm"], frames, INSTRUCTION, False)
+    (src,) = run(c, "KiwiEncodeSource", env["vae"], frames, "model default", False)
+    (nodes,) = run(c, "KiwiSampler", dit, cond, src, SEED, STEPS, SHIFT, 1.0, 1.0, "kiwi", 0)
+    assert torch.equal(nodes, cli_latents(tmp_path, path))
+    # the trainer's evaluation on a cached batch (frozen MLLM: the context is cached; no reference image)
+    module = KiwiModule(dit.model, None, None, env["vae"], source_input=True)
+    batch = {"context": cond.context, "source": src.source_latents, "target": torch.zeros_like(src.source_latents)}
+    trainer = KiwiMethod.sample(None, module, batch, STEPS, SHIFT, SEED)       # reads nothing of the method's config
+    assert torch.equal(nodes, trainer.float())
