@@ -105,3 +105,40 @@ def test_kiwi_edit_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path): 
     batch = {"context": cond.context, "source": src.source_latents, "target": torch.zeros_like(src.source_latents)}
     trainer = KiwiMethod.sample(None, module, batch, STEPS, SHIFT, SEED)       # reads nothing of the method's config
     assert torch.equal(nodes, trainer.float())
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--viva", "W", "--imvideoedit", "W"], "--imvideoedit and --viva: give one method's weights"),
+    (["--viva", "W", "--rvedit", "W"], "--viva and --rvedit: give one method's weights"),
+    (["--rvedit", "W"], "--rvedit also needs --text-encoder"),
+    (["--rvedit", "W", "--text-encoder", "T", "--reference", "R"], "--rvedit edits from the instruction alone"),
+    (["--rvedit", "W", "--text-encoder", "T", "--vae", "V"], "drop --vae"),
+    (["--rvedit", "W", "--text-encoder", "T", "--model", "DIT"], "--rvedit needs --model = the Kiwi-Edit release"),
+    (["--viva", "W", "--text-encoder", "T"], "drop --text-encoder"),
+    (["--viva", "W", "--model", "DIT"], "also needs --vae and --mllm"),
+    (["--viva", "W", "--model", "DIT", "--vae", "V"], "also needs --mllm"),
+    (["--viva", "W", "--vae", "V"], "with its own VAE; drop --vae"),
+    (["--viva", "W", "--text-len", "16"], "--text-len applies with --imvideoedit or --rvedit"),
+    (["--viva", "W", "--window", "5"], "--window is a Kiwi-Edit/InstructX option"),
+    (["--viva", "W", "--reference", "R", "--reference", "R"], "at most one --reference"),
+    (["--mllm", "M"], "--mllm only applies with --viva"),
+    (["--split", "2", "--viva", "W"], "--split only applies with --rvedit"),
+    (["--viva", "W", "--model", None], "--viva needs --model"),
+])
+def test_wrong_method_combinations_are_named(env, video, tmp_path, capsys, extra, message):  # noqa: F811
+    """Named before anything loads (the files given need not even be weights)."""
+    dummy = tmp_path / "dummy.safetensors"
+    dummy.write_bytes(b"x")
+    names = {"W": dummy, "T": tmp_path, "R": dummy, "V": dummy, "M": tmp_path, "DIT": dummy}
+    args = {"--model": str(models() / "kiwi" / RELEASE), "--video": str(video[0]), "--instruction": INSTRUCTION,
+            "--out": str(tmp_path / "out.mp4")}
+    rest = []
+    for flag, value in zip(extra[::2], extra[1::2]):
+        if flag == "--model":
+            args[flag] = value and str(names[value])
+        else:
+            rest += [flag, str(names.get(value, value))]
+    argv = ["edit", *(x for k, v in args.items() if v is not None for x in (k, v)), *rest]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("error:") and message in err, err
