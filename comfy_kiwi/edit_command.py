@@ -24,7 +24,8 @@ def add_edit_parser(sub) -> None:
     p = sub.add_parser("edit", help="edit a video (or image) with an instruction and an optional reference")
     p.add_argument("--model", default=None,
                    help="a Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...); with --imvideoedit, "
-                        "the Wan2.1 T2V DiT (file or folder) the ImVideoEdit weights were trained on; "
+                        "the Wan2.1 T2V DiT (file or folder) the ImVideoEdit weights were trained on; with --viva / "
+                        "--rvedit, the Kiwi-Edit release the weights were trained from; "
                         "default: the embedded toy model (edits toy-world videos, see docs/TOY_BENCHMARK.md)")
     p.add_argument("--video", required=True, help="source video (mp4, webm, ...) or image")
     p.add_argument("--instruction", required=True,
@@ -70,13 +71,14 @@ def add_edit_parser(sub) -> None:
     g.add_argument("--imvideoedit", default=None, metavar="WEIGHTS",
                    help="ImVideoEdit weights (imvideoedit.blocks.N.* safetensors from the trainer); --model is "
                         "then a Wan2.1 T2V DiT and --vae / --text-encoder are required")
-    g.add_argument("--vae", default=None, help="with --imvideoedit: the Wan2.1 VAE file or folder")
+    g.add_argument("--vae", default=None,
+                   help="with --imvideoedit: the Wan2.1 VAE file or folder; with --viva and a DiT file: the Wan2.2 VAE")
     g.add_argument("--text-encoder", default=None,
-                   help="with --imvideoedit: the umT5 folder (transformers model + tokenizer, or a diffusers root "
-                        "with text_encoder/ and tokenizer/)")
+                   help="with --imvideoedit or --rvedit: the umT5 folder (transformers model + tokenizer, or a "
+                        "diffusers root with text_encoder/ and tokenizer/)")
     g.add_argument("--text-len", type=int, default=None,
-                   help="with --imvideoedit: context length the modules were trained with (trainer data.text_len; "
-                        "default 512, as Wan)")
+                   help="with --imvideoedit or --rvedit: context length the weights were trained with (trainer "
+                        "data.text_len; default 512, as Wan)")
     method_edit.add_method_arguments(p)
     p.set_defaults(run=run_edit)
 

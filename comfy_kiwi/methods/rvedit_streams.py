@@ -188,11 +188,12 @@ def sample(dit, streams: RVEDiTStreams, conditioning, source, language: torch.Te
     return sample_edit(dit, cond, source, settings, device=device)
 
 
-def edit(pipe, streams: RVEDiTStreams, text_encoder, frames, instruction: str, settings=None, text_len: int | None = None):
+def edit(pipe, streams: RVEDiTStreams, text_encoder, frames, instruction: str, settings=None,
+         text_len: int | None = None):
     """One whole RVEDiT edit on a loaded ``EditPipeline`` whose ``mllm`` is the run's (``trained_mllm``): prepare the
     frames, X_e = the MLLM encoding of the instruction (its negative when ``settings.cfg`` ≠ 1), X_ℓ = the same
-    instruction's umT5 rows zero-padded to ``text_len`` (as trained; default Wan's 512), the source latents (X_v), ``sample``, decode —
-    the command line's ``edit --rvedit``, the same calls the nodes chain."""
+    instruction's umT5 rows zero-padded to ``text_len`` (as trained; default Wan's 512), the source latents (X_v),
+    ``sample``, decode — the command line's ``edit --rvedit``, the same calls the nodes chain."""
     from ..comfyui.placement import on_device
     from ..pipeline import EditResult, EditSettings
     from ..text_encoders.umt5 import WAN_TEXT_LEN
