@@ -65,6 +65,34 @@ def test_viva_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # no
     assert torch.equal(nodes, trainer.float())
 
 
+def test_viva_with_a_reference_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # noqa: F811
+    """Weights trained with references: the reference reaches the instructor and, as latents, the DiT, in all three."""
+    from PIL import Image
+
+    from comfy_kiwi.frames import load_image
+    from comfy_kiwi.methods import viva
+    from trainer.methods.viva import viva_sample
+    c, dit = env["classes"], env["dit"]
+    path, frames = video
+    image = tmp_path / "reference.png"
+    pixels = torch.rand(48, 40, 3, generator=torch.Generator().manual_seed(2))
+    Image.fromarray((pixels * 255).byte().numpy()).save(image)
+    reference = load_image(image)
+    weights_file = models() / "loras" / "viva_ref_tiny.safetensors"
+    (weights,) = run(c, "KiwiVIVALoader", weights_file.name, dit)
+    (cond,) = run(c, "KiwiVIVAEncode", env["mllm"], weights, frames, INSTRUCTION, True, reference)
+    (src,) = run(c, "KiwiEncodeSource", env["vae"], frames, "model default", False, reference)
+    (nodes,) = run(c, "KiwiVIVASampler", dit, weights, cond, src, SEED, STEPS, SHIFT, viva.VIVA_CFG)
+    assert torch.equal(nodes, cli_latents(tmp_path, path, "--viva", weights_file, "--reference", image))
+    trained = copy.deepcopy(dit.model)
+    refiner = viva.load_viva(weights_file, trained)
+    batch = {"vlm_hidden": cond.context, "vlm_hidden_null": cond.negative, "vlm_mask": cond.context_mask,
+             "vlm_mask_null": cond.negative_mask, "source": src.source_latents,
+             "reference_latents": src.reference_latents}
+    with torch.no_grad():
+        assert torch.equal(nodes, viva_sample(trained, refiner, batch, STEPS, SHIFT, SEED).float())
+
+
 def test_rvedit_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # noqa: F811
     from comfy_kiwi.methods.rvedit_streams import load_rvedit, trained_mllm
     from trainer.methods.rvedit import RVEDiTMethod, RVEDiTModule, RVEDiTOptions
