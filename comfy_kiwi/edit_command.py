@@ -195,7 +195,8 @@ def _check_numbers(args) -> None:
 def _check_output_paths(args) -> None:
     """Outputs never replace an input, and their folder is writable, before minutes of work."""
     inputs = {"--video": args.video, "--model": args.model, "--imvideoedit": args.imvideoedit, "--vae": args.vae}
-    inputs.update({"--reference": r for r in args.reference or []}, **method_edit.input_paths(args))
+    inputs.update({"--reference": r for r in args.reference or []})
+    inputs.update(method_edit.input_paths(args))
     outputs = {"--out": args.out}
     if args.save_latents:
         if Path(args.save_latents).suffix.lower() != ".safetensors":

@@ -219,7 +219,7 @@ def edit(pipe, weights: VivaWeights, frames, instruction: str, reference=None, s
     """One whole VIVA edit on a loaded ``EditPipeline`` (its DiT, VAE and Qwen2.5-VL instructor as ``pipe.mllm``):
     prepare the frames, ``encode`` (the negative when ``settings.cfg`` ≠ 1), VAE-encode the source (+ reference),
     ``sample``, decode — the command line's ``edit --viva``, the same calls the nodes chain. ``reference``: one
-    image [H, W, 3] or None."""
+    image ([1, H, W, 3] as ``frames.load_image`` reads it) or None."""
     from ..comfyui.placement import on_device
     from ..pipeline import EditResult
     s = settings or viva_settings()
