@@ -93,6 +93,26 @@ def test_viva_with_a_reference_nodes_cli_and_trainer_sample_the_same(env, video,
         assert torch.equal(nodes, viva_sample(trained, refiner, batch, STEPS, SHIFT, SEED).float())
 
 
+def test_viva_on_loose_parts_nodes_and_cli_sample_the_same(env, video, tmp_path):  # noqa: F811
+    """--model a DiT file with --vae and --mllm (a stock Qwen2.5-VL folder) = Kiwi DiT / VAE / MLLM Loader nodes."""
+    from comfy_kiwi.methods import viva
+    c = env["classes"]
+    path, frames = video
+    (dit,) = run(c, "KiwiDiTLoader", "kiwi_tiny_dit.safetensors", "fp32", "cpu", "sdpa")
+    (vae,) = run(c, "KiwiVAELoader", "wan2.2_vae.safetensors", "fp32", "cpu")
+    (mllm,) = run(c, "KiwiMLLMLoader", "qwen2.5-vl-tiny", "none", "fp32", "cpu")
+    weights_file = models() / "loras" / "viva_tiny.safetensors"
+    (weights,) = run(c, "KiwiVIVALoader", weights_file.name, dit)
+    (cond,) = run(c, "KiwiVIVAEncode", mllm, weights, frames, INSTRUCTION, True)
+    (src,) = run(c, "KiwiEncodeSource", vae, frames, "model default", False)
+    (nodes,) = run(c, "KiwiVIVASampler", dit, weights, cond, src, SEED, STEPS, SHIFT, viva.VIVA_CFG)
+    dit_file = models() / "diffusion_models" / "kiwi_tiny_dit.safetensors"
+    cli = cli_latents(tmp_path, path, "--viva", weights_file, "--model", dit_file,      # this --model wins (the last)
+                      "--vae", models() / "vae" / "wan2.2_vae.safetensors",
+                      "--mllm", models() / "text_encoders" / "qwen2.5-vl-tiny")
+    assert torch.equal(nodes, cli)
+
+
 def test_rvedit_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # noqa: F811
     from comfy_kiwi.methods.rvedit_streams import load_rvedit, trained_mllm
     from trainer.methods.rvedit import RVEDiTMethod, RVEDiTModule, RVEDiTOptions
