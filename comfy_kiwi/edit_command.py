@@ -1,5 +1,6 @@
 """``python -m comfy_kiwi edit``: one whole edit from the shell, through :class:`EditPipeline` (a Kiwi-Edit release)
-or, with ``--imvideoedit``, through :mod:`comfy_kiwi.methods.imvideoedit_pipeline` (Wan2.1 + ImVideoEdit weights)."""
+or, with ``--imvideoedit``, through :mod:`comfy_kiwi.methods.imvideoedit_pipeline` (Wan2.1 + ImVideoEdit weights);
+``--viva`` / ``--rvedit`` go through :mod:`comfy_kiwi.method_edit`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+from . import method_edit
 from .dtypes import COMPUTE_DTYPES, parse_dtype
 from .errors import InputError
 from .loading.registry import default_model_kind, kinds, model_folder_kind
@@ -23,7 +25,8 @@ def add_edit_parser(sub) -> None:
     p = sub.add_parser("edit", help="edit a video (or image) with an instruction and an optional reference")
     p.add_argument("--model", default=None,
                    help="a Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, ...); with --imvideoedit, "
-                        "the Wan2.1 T2V DiT (file or folder) the ImVideoEdit weights were trained on; "
+                        "the Wan2.1 T2V DiT (file or folder) the ImVideoEdit weights were trained on; with --viva / "
+                        "--rvedit, the Kiwi-Edit release the weights were trained from; "
                         "default: the embedded toy model (edits toy-world videos, see docs/TOY_BENCHMARK.md)")
     p.add_argument("--video", required=True, help="source video (mp4, webm, ...) or image")
     p.add_argument("--instruction", required=True,
@@ -37,7 +40,8 @@ def add_edit_parser(sub) -> None:
                    help="seed of the starting noise (torch.randn on a CPU generator): same seed, same edit")
     p.add_argument("--shift", type=float, default=d.shift,
                    help="σ schedule shift: σ = shift·s/(1+(shift−1)·s); larger spends more steps at high noise")
-    p.add_argument("--cfg", type=float, default=d.cfg, help="1.0 disables guidance (the release)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help=f"classifier-free guidance; 1.0 disables it (default {d.cfg:g}, the release; 2.0 with --viva)")
     p.add_argument("--schedule", choices=["kiwi", "diffusers"], default=d.schedule,
                    help="σ_min 0 (kiwi) or 0.003/1.002 (diffusers release)")
     p.add_argument("--denoise", type=float, default=d.denoise,
@@ -68,13 +72,15 @@ def add_edit_parser(sub) -> None:
     g.add_argument("--imvideoedit", default=None, metavar="WEIGHTS",
                    help="ImVideoEdit weights (imvideoedit.blocks.N.* safetensors from the trainer); --model is "
                         "then a Wan2.1 T2V DiT and --vae / --text-encoder are required")
-    g.add_argument("--vae", default=None, help="with --imvideoedit: the Wan2.1 VAE file or folder")
+    g.add_argument("--vae", default=None,
+                   help="with --imvideoedit: the Wan2.1 VAE file or folder; with --viva and a DiT file: the Wan2.2 VAE")
     g.add_argument("--text-encoder", default=None,
-                   help="with --imvideoedit: the umT5 folder (transformers model + tokenizer, or a diffusers root "
-                        "with text_encoder/ and tokenizer/)")
+                   help="with --imvideoedit or --rvedit: the umT5 folder (transformers model + tokenizer, or a "
+                        "diffusers root with text_encoder/ and tokenizer/)")
     g.add_argument("--text-len", type=int, default=None,
-                   help="with --imvideoedit: context length the modules were trained with (trainer data.text_len; "
-                        "default 512, as Wan)")
+                   help="with --imvideoedit or --rvedit: context length the weights were trained with (trainer "
+                        "data.text_len; default 512, as Wan)")
+    method_edit.add_method_arguments(p)
     p.set_defaults(run=run_edit)
 
 
@@ -91,6 +97,7 @@ def run_edit(args) -> int:
     check_user_text(args.instruction, "--instruction")
     if not args.instruction.strip():
         raise InputError("--instruction is empty; say what to change, e.g. \"make the car red\".")
+    method_edit.check_options(args)
     _check_imvideoedit_options(args)
     _check_numbers(args)
     _check_output_paths(args)
@@ -115,6 +122,8 @@ def run_edit(args) -> int:
     print(f"loading {model} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
     if args.imvideoedit:
         result = _run_imvideoedit(args, frames, settings, dtype, device)
+    elif method_edit.selected(args):
+        result = method_edit.run(args, frames, refs, settings, dtype, device)
     else:
         if kind is not None:
             pipe, frames = kind.load_pipeline(model, device, dtype), kind.edit.prepare_frames(frames)
@@ -199,6 +208,7 @@ def _check_output_paths(args) -> None:
     """Outputs never replace an input, and their folder is writable, before minutes of work."""
     inputs = {"--video": args.video, "--model": args.model, "--imvideoedit": args.imvideoedit, "--vae": args.vae}
     inputs.update({"--reference": r for r in args.reference or []})
+    inputs.update(method_edit.input_paths(args))
     outputs = {"--out": args.out}
     if args.save_latents:
         if Path(args.save_latents).suffix.lower() != ".safetensors":
@@ -226,6 +236,8 @@ def _check_imvideoedit_options(args) -> None:
     given = [flag for flag, value in (("--vae", args.vae), ("--text-encoder", args.text_encoder),
                                       ("--text-len", args.text_len)) if value is not None]
     if not args.imvideoedit:
+        if method_edit.selected(args):
+            return                                  # method_edit.check_options checked them
         if given:
             raise InputError(f"{', '.join(given)} only apply with --imvideoedit WEIGHTS; a Kiwi-Edit release folder "
                              "(--model) brings its own VAE and MLLM encoder.")

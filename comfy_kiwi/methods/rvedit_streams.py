@@ -186,3 +186,24 @@ def sample(dit, streams: RVEDiTStreams, conditioning, source, language: torch.Te
     if dit.source_embedder is None:
         source = SourceConditioning(source.source_latents, feed_dit=False)
     return sample_edit(dit, cond, source, settings, device=device)
+
+
+def edit(pipe, streams: RVEDiTStreams, text_encoder, frames, instruction: str, settings=None,
+         text_len: int | None = None):
+    """One whole RVEDiT edit on a loaded ``EditPipeline`` whose ``mllm`` is the run's (``trained_mllm``): prepare the
+    frames, X_e = the MLLM encoding of the instruction (its negative when ``settings.cfg`` ≠ 1), X_ℓ = the same
+    instruction's umT5 rows zero-padded to ``text_len`` (as trained; default Wan's 512), the source latents (X_v),
+    ``sample``, decode — the command line's ``edit --rvedit``, the same calls the nodes chain."""
+    from ..comfyui.placement import on_device
+    from ..pipeline import EditResult, EditSettings
+    from ..text_encoders.umt5 import WAN_TEXT_LEN
+    from .imvideoedit_pipeline import caption_context
+    s = settings or EditSettings()
+    frames = pipe.prepare(frames, s)
+    cond = pipe.encode_instruction(instruction, frames, None, with_negative=s.cfg != 1.0)
+    language = caption_context(text_encoder, instruction, text_len or WAN_TEXT_LEN)
+    source = pipe.encode_source(frames, tiled=s.vae_tiled)
+    with on_device(pipe.dit, pipe.device):
+        streams.to(pipe.device)
+        latents = sample(pipe.dit, streams, cond, source, language, s, device=pipe.device)
+    return EditResult(pipe.decode(latents, tiled=s.vae_tiled), latents, cond.context, s)

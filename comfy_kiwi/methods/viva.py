@@ -215,6 +215,24 @@ def sample(dit, weights: VivaWeights, conditioning, source, settings, device=Non
         return sample_edit(dit, conditioning, source, settings, device=device)
 
 
+def edit(pipe, weights: VivaWeights, frames, instruction: str, reference=None, settings=None):
+    """One whole VIVA edit on a loaded ``EditPipeline`` (its DiT, VAE and Qwen2.5-VL instructor as ``pipe.mllm``):
+    prepare the frames, ``encode`` (the negative when ``settings.cfg`` ≠ 1), VAE-encode the source (+ reference),
+    ``sample``, decode — the command line's ``edit --viva``, the same calls the nodes chain. ``reference``: one
+    image ([1, H, W, 3] as ``frames.load_image`` reads it) or None."""
+    from ..comfyui.placement import on_device
+    from ..pipeline import EditResult
+    s = settings or viva_settings()
+    frames = pipe.prepare(frames, s)
+    with on_device(pipe.mllm, pipe.device):
+        cond = encode(pipe.mllm, weights, instruction, frames, reference, with_negative=s.cfg != 1.0)
+    source = pipe.encode_source(frames, reference, tiled=s.vae_tiled)
+    with on_device(pipe.dit, pipe.device):
+        weights.refiner.to(pipe.device)
+        latents = sample(pipe.dit, weights, cond, source, s, device=pipe.device)
+    return EditResult(pipe.decode(latents, tiled=s.vae_tiled), latents, cond.context, s)
+
+
 def viva_settings(**overrides):
     """``EditSettings`` with VIVA's inference default: CFG 2.0 on the instruction only."""
     from ..pipeline import EditSettings

@@ -29,7 +29,6 @@ import torch
 
 from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.errors import InputError
-from comfy_kiwi.sampling import sigma_to_timestep
 from comfy_kiwi.training import kiwi_numerics as kn
 from comfy_kiwi.training.dit_lora_train import DEFAULT_TARGETS
 
@@ -316,17 +315,14 @@ class KiwiMethod(TrainingMethod):
     # --- sampling ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, module, batch, steps, shift, seed):
-        from comfy_kiwi.sampling import flow_sigmas, noise_like, sample_euler
+        """The batch's first item through ``pipeline.sample_edit``, the sampler of the nodes and the command line."""
+        from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning, sample_edit
         batch = {k: v[:1] for k, v in batch.items()}
-        context = module.context(batch)
         ref = module.reference_latents(batch, torch.ones(1))          # no shrink at inference
-        shape = batch["target"].shape
-        x = noise_like(shape, seed, dtype=torch.float32, device=batch["target"].device)
-
-        def velocity(x, sigma, i):
-            t = sigma_to_timestep(sigma, 1, module.dit.dtype, x.device)
-            return module.predict(x, t, torch.tensor([sigma]), context, batch, ref).float()
-        return sample_euler(velocity, x, flow_sigmas(steps, shift), progress=False)
+        source = SourceConditioning(batch["source"], ref, feed_dit=module.source_input)
+        settings = EditSettings(steps=steps, shift=shift, seed=seed, progress=False)
+        return sample_edit(module.dit, EditConditioning(module.context(batch)), source, settings,
+                           device=batch["source"].device).float()
 
 
 def _copy_into(module, tensors: dict, what: str) -> None:
