@@ -121,7 +121,7 @@ def test_concat_source_mode_is_opt_in_and_round_trips_through_the_loader(tmp_pat
     inp = td.random_inputs(model)
     src = torch.randn_like(inp["latents"])
     base = model(**inp)
-    model.attach_channel_concat_source()
+    model.attach_source_strategy("concat")
     assert torch.equal(model(**inp, source_latents=src), base)            # P = [I | 0] at start
     with torch.no_grad():
         model.source_mixer.projector.weight[:, model.config.dim:].normal_(0, 0.05)

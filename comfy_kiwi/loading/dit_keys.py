@@ -39,7 +39,7 @@ DIFFUSERS_MARKER = "blocks.0.attn1.to_q.weight"
 
 # Kiwi training checkpoint parts (after stripping "pipe."): checkpoint prefix → model attribute.
 KIWI_EMBEDDERS = {"vae_condition.": "source_embedder.", "ref_vae_condition.": "ref_embedder."}
-# VIVA channel-concat source conditioning (``WanDiT.attach_channel_concat_source``): its Conv3d and
+# VIVA channel-concat source conditioning (``WanDiT.attach_source_strategy(CHANNEL_CONCAT)``): its Conv3d and
 # projector, stored beside the DiT's own keys under this prefix in every layout (no diffusers name exists).
 CONCAT_SOURCE_PREFIX = "source_mixer."
 CONCAT_SOURCE_KEYS = frozenset(CONCAT_SOURCE_PREFIX + k for k in

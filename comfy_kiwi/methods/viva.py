@@ -5,7 +5,7 @@ Parts (all opt-in; a base DiT's keys and outputs are unchanged until they are at
 - ``refiner``: :class:`~comfy_kiwi.methods.viva_refiner.TokenRefiner` from the VLM instructor's
   hidden width to the DiT width; the DiT reads its output directly (``context_embedding = "none"``).
 - ``source_mixer``: VIVA eq. 2 channel-concat source conditioning, attached to the DiT itself
-  (``WanDiT.attach_channel_concat_source``; ``source_mode = "concat"``).
+  (``WanDiT.attach_source_strategy(CHANNEL_CONCAT)``; ``source_mode = "concat"``).
 - ``ref_embedder``: the reference image's VAE latents join the noisy tokens (VIVA Fig. 2) as extra
   frame tokens after the video (the DiT's ``reference_latents`` path; a zero-initialised Conv3d patch
   embedding, ``WanDiT.attach_condition_embedders(reference=True)``).
@@ -28,6 +28,7 @@ import torch
 
 from ..errors import CheckpointError, InputError
 from .viva_refiner import TokenRefiner
+from .viva_source import CHANNEL_CONCAT
 
 REFINER_PREFIX = "refiner."
 MIXER_PREFIX = "source_mixer."
@@ -47,7 +48,7 @@ def attach_viva(dit, in_dim: int, num_heads: int | None = None, depth: int = 2,
     refiner.to(dit.device, dit.dtype)
     dit.context_embedding = "none"           # the refined tokens are DiT-wide already
     if concat_source:
-        dit.attach_channel_concat_source()
+        dit.attach_source_strategy(CHANNEL_CONCAT)
     if reference:
         dit.attach_condition_embedders(source=False, reference=True)
     return refiner
@@ -78,7 +79,7 @@ def save_viva(path, dit, refiner: TokenRefiner) -> Path:
 def load_viva_state(dit, refiner: TokenRefiner, state: dict[str, torch.Tensor], source: str = "state") -> None:
     """Copy ``refiner.*`` / ``source_mixer.*`` tensors in (attaching the channel-concat embedder when present)."""
     if any(k.startswith(MIXER_PREFIX) for k in state):
-        dit.attach_channel_concat_source()
+        dit.attach_source_strategy(CHANNEL_CONCAT)
     if any(k.startswith(REF_PREFIX) for k in state):
         dit.attach_condition_embedders(source=False, reference=True)
     targets = {REFINER_PREFIX: refiner.state_dict()}

@@ -96,7 +96,7 @@ class ChannelConcatSource:
     def scale(self, dit, scale, t, source, latents):
         if dit.source_mixer is None:
             raise InputError("source_mode is 'concat' but this DiT has no source_mixer; call "
-                             "attach_channel_concat_source().")
+                             "attach_source_strategy(CHANNEL_CONCAT) (comfy_kiwi.methods.viva_source).")
         return None                     # the channel-concat path has no σ scale
 
     def embed(self, dit, x: torch.Tensor, source: torch.Tensor, scale) -> torch.Tensor:

@@ -287,11 +287,6 @@ class WanDiT(nn.Module):
         self.source_strategy = strategy
         return self
 
-    def attach_channel_concat_source(self) -> "WanDiT":
-        """``attach_source_strategy("concat")``: the strategy of that name, registered by the method that
-        owns it (VIVA, comfy_kiwi/methods/viva_source.py; imported by whoever loads VIVA weights)."""
-        return self.attach_source_strategy("concat")
-
     @property
     def source_mode(self) -> str:
         """The attached source strategy's name; setting it selects a registered strategy by name (its
