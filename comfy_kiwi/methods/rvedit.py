@@ -132,15 +132,31 @@ class RoutedContext(contextlib.AbstractContextManager):
             return args, kwargs
         return pre_hook
 
-    def __enter__(self) -> "RoutedContext":
+    def install(self) -> "RoutedContext":
+        """Put the hooks on the blocks (what ``with`` does on entry; training keeps them for the whole run)."""
         for i, block in enumerate(self.model.blocks):
             self.handles.append(block.register_forward_pre_hook(self._hook(i), with_kwargs=True))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def remove(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+    @contextlib.contextmanager
+    def suspended(self):
+        """The installed hooks taken off for the block and put back after (a sampler that routes by itself)."""
+        self.remove()
+        try:
+            yield
+        finally:
+            self.install()
+
+    def __enter__(self) -> "RoutedContext":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
 
 class CrossAttentionTap(contextlib.AbstractContextManager):

@@ -74,7 +74,7 @@ class RVEDiTModule(TrainModule):
         self.dit, self.streams, self.adapter, self.mllm, self.options = dit, streams, adapter, mllm, options
         self.align = AlignmentConfig(options.align_weight, options.align_tau, options.align_max_positions)
         self.routing = RoutedContext(dit, streams.split, torch.zeros(1, 1, dit.config.dim))
-        self.routing.__enter__()           # installed for good; contexts are swapped per pass
+        self.routing.install()             # for good; the streams are swapped per pass
 
     def _source(self, batch):
         if self.options.source_input and self.dit.source_embedder is not None:
@@ -278,9 +278,6 @@ class RVEDiTMethod(TrainingMethod):
         b = {k: v[:1] for k, v in batch.items()}
         cond = EditConditioning(module.editing_tokens(b))
         settings = EditSettings(steps=steps, shift=shift, seed=seed, progress=False)
-        module.routing.__exit__(None, None, None)
-        try:
+        with module.routing.suspended():
             source = SourceConditioning(b["source"], feed_dit=module._source(b) is not None)
             return sample(module.dit, module.streams, cond, source, b["context"], settings)
-        finally:
-            module.routing.__enter__()
