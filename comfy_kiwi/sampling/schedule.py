@@ -52,11 +52,6 @@ def flow_sigmas(steps: int, shift: float = 5.0, schedule: str | float = DEFAULT_
     return shift_sigmas(s, shift)
 
 
-def timesteps_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
-    """Wan's timestep convention: t = 1000·σ."""
-    return sigmas * NUM_TRAIN_TIMESTEPS
-
-
 def sigma_to_timestep(sigma, batch: int = 1, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """The DiT's timestep for noise level ``sigma``: t = 1000·σ, one rule for every sampler and trainer.
 
