@@ -398,8 +398,9 @@ def write_judge_models(models_dir: Path) -> dict[str, Path]:
 
 
 def write_method_models(models) -> None:
-    """Tiny stand-ins under the names the VIVA / RVEDiT workflows use: the Wan2.2 TI2V DiT (the tiny DiT file),
-    a stock Qwen2.5-VL-3B folder, a umT5 folder, and method weights shaped for those (as the trainer saves them)."""
+    """Tiny stand-ins under the names the VIVA / RVEDiT / ImVideoEdit workflows use: the Wan2.2 TI2V DiT (the tiny
+    DiT file), a stock Qwen2.5-VL-3B folder, a umT5 folder, a Wan2.1 T2V DiT and VAE, and method weights shaped for
+    those (as the trainer saves them)."""
     import shutil
 
     from comfy_kiwi.methods import viva
@@ -421,6 +422,28 @@ def write_method_models(models) -> None:
     if not umt5.exists():
         from comfy_kiwi.testing.tiny_umt5 import write_tiny_umt5
         write_tiny_umt5(umt5, d_model=32)
+    wan21 = root / "diffusion_models" / "wan2.1_t2v_1.3B_fp16.safetensors"     # the ImVideoEdit workflow's DiT
+    if not wan21.exists():
+        write_imvideoedit_models(root, wan21)
+
+
+def write_imvideoedit_models(root: Path, dit_path: Path) -> None:
+    """A tiny Wan2.1 T2V DiT (umT5-wide text path, as the tiny umT5 folder), the Wan2.1 VAE, and ImVideoEdit weights
+    for that DiT with random (non-zero) updates, so the modules change the edit."""
+    from comfy_kiwi.methods import imvideoedit
+    from comfy_kiwi.testing import tiny_dit, tiny_vae
+    dit = tiny_dit.tiny_dit("2.1", seed=3)
+    tiny_vae.write_original_file(tiny_vae.tiny_vae("2.1", seed=4), root / "vae" / "wan_2.1_vae.safetensors")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        adapter = imvideoedit.attach(dit)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    adapter.save(root / "loras" / "imvideoedit.safetensors")
+    adapter.detach()
+    tiny_dit.write_original_file(dit, dit_path)            # last: its presence marks the set as written
 
 
 def setup_environment(base: Path):

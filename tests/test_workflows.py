@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import comfy_harness as H
 
@@ -59,7 +60,8 @@ def test_workflow_format(path):
         assert dst["inputs"][t_slot]["link"] == link_id and dst["inputs"][t_slot]["type"] in (typ, "*")
     loaders = [n for n in wf["nodes"] if n["type"].startswith("Kiwi") and n["type"].endswith("Loader")
                and n["type"] not in ("KiwiLoraLoader", "KiwiToyModelLoader",       # the toy model is embedded
-                                     "KiwiVIVALoader", "KiwiRVEDiTLoader")         # trained here, not downloaded
+                                     "KiwiVIVALoader", "KiwiRVEDiTLoader",         # trained here, not downloaded
+                                     "KiwiImVideoEditLoader")
                and n["widgets_values"][0] != "rvedit-dit.safetensors"]              # likewise (an RVEDiT run's DiT)
     if path.name.startswith("toy_"):
         assert any(n["type"] == "KiwiToyModelLoader" for n in wf["nodes"])
@@ -84,7 +86,8 @@ def _outputs_of(prompt, results, class_type):
 
 @pytest.mark.parametrize("name", ["kiwi_instruction_video_edit.json", "kiwi_reference_video_edit.json",
                                   "kiwi_all_parts.json", "kiwi_reference_synthesis_then_edit.json",
-                                  "kiwi_edit_then_judge.json", "kiwi_viva_edit.json", "kiwi_rvedit_edit.json"])
+                                  "kiwi_edit_then_judge.json", "kiwi_viva_edit.json", "kiwi_rvedit_edit.json",
+                                  "kiwi_imvideoedit_edit.json"])
 def test_video_workflow_runs(env, name):
     from comfy_kiwi.video_io import read_video
     before = len(H.SaveVideo.saved)
@@ -95,6 +98,30 @@ def test_video_workflow_runs(env, name):
     assert len(H.SaveVideo.saved) == before + 1
     video, fps = read_video(H.SaveVideo.saved[-1])
     assert video.shape[0] == 5 and float(fps) == 8.0          # the source's frame rate is kept
+
+
+def test_imvideoedit_workflow_is_the_library_edit(env):
+    """The shipped ImVideoEdit workflow gives the latents of imvideoedit_pipeline.edit_with_imvideoedit (what
+    `python -m comfy_kiwi edit --imvideoedit` runs) with the library's default sampling settings (steps, shift,
+    schedule; text_len 512, as Wan) on the workflow's own models, frames, caption and seed."""
+    from comfy_kiwi.methods.imvideoedit_pipeline import edit_with_imvideoedit
+    from comfy_kiwi.pipeline import EditSettings
+    prompt, results = _run(env, _load("kiwi_imvideoedit_edit.json"))
+
+    def output(class_type):
+        return _outputs_of(prompt, results, class_type)[0][0]
+
+    def inputs(class_type):
+        return next(n["inputs"] for n in prompt.values() if n["class_type"] == class_type)
+
+    prep, sampler = inputs("KiwiPrepareFrames"), inputs("KiwiImVideoEditSampler")
+    settings = EditSettings(seed=sampler["seed"], max_pixels=prep["max_pixels"], num_frames=prep["num_frames"],
+                            progress=False)
+    expected = edit_with_imvideoedit(output("KiwiDiTLoader").model, output("KiwiVAELoader"), output("KiwiUMT5Loader"),
+                                     output("KiwiImVideoEditLoader").weights, output("GetVideoComponents"),
+                                     inputs("KiwiUMT5Encode")["caption"], settings)
+    latents = output("KiwiImVideoEditSampler")
+    assert latents.shape == (1, 16, 2, 8, 8) and torch.equal(latents, expected.latents)
 
 
 def test_image_workflow_runs(env):

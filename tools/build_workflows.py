@@ -30,6 +30,7 @@ WORKFLOWS = {
     "kiwi_edit_then_judge.json": judging.edit_then_judge,
     "kiwi_viva_edit.json": methods.viva_edit,
     "kiwi_rvedit_edit.json": methods.rvedit_edit,
+    "kiwi_imvideoedit_edit.json": methods.imvideoedit_edit,
     "toy_edit.json": toy.toy_edit,
     "toy_reference_edit.json": toy.toy_reference_edit,
 }

@@ -79,3 +79,29 @@ WAN22_TI2V_5B = {"name": "wan2.2_ti2v_5B_fp16.safetensors", "directory": "diffus
                         "wan2.2_ti2v_5B_fp16.safetensors"}
 
 WAN21_UMT5 = "Wan2.1-T2V-1.3B-Diffusers"           # a diffusers Wan2.1 folder: text_encoder/ + tokenizer/ (umT5)
+UMT5_DOWNLOAD = (f"hf download Wan-AI/{WAN21_UMT5} --include 'text_encoder/*' 'tokenizer/*' "
+                 f"--local-dir models/text_encoders/{WAN21_UMT5}")
+WAN21 = f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+WAN21_T2V_1_3B = {"name": "wan2.1_t2v_1.3B_fp16.safetensors", "directory": "diffusion_models",
+                  "url": f"{WAN21}/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors"}
+WAN21_VAE = {"name": "wan_2.1_vae.safetensors", "directory": "vae", "url": f"{WAN21}/vae/wan_2.1_vae.safetensors"}
+
+
+def umt5_models() -> list[dict]:
+    """The umT5-XXL weight shards of the diffusers Wan2.1 folder (its tokenizer/ comes with UMT5_DOWNLOAD)."""
+    return [{"name": f"{WAN21_UMT5}/text_encoder/model-{i:05}-of-00005.safetensors", "directory": "text_encoders",
+             "url": f"{HF}/Wan-AI/{WAN21_UMT5}/resolve/main/text_encoder/model-{i:05}-of-00005.safetensors"}
+            for i in range(1, 6)]
+
+
+def wan21_t2v_1_3b_size() -> str:
+    """The download size of the ImVideoEdit workflow's models, from their parameter counts (comfy_kiwi.memory.planner:
+    the DiT and VAE built on the meta device; umT5-XXL's count): the DiT and VAE files at 2 bytes per parameter,
+    the umT5 shards of the diffusers folder in fp32 (4 bytes; its five 5 GB shards)."""
+    from comfy_kiwi.memory.planner import MODELS, dit_sizes, vae_params
+    sizes = dit_sizes("wan2.1-t2v-1.3b")
+    dit, vae = sizes["block"] * sizes["layers"] + sizes["rest"], vae_params("2.1")
+    umt5 = MODELS["wan2.1-t2v-1.3b"]["encoder_params"]
+    total = (dit + vae) * 2 + umt5 * 4
+    return (f"about {total / 1e9:.0f} GB together: {dit / 1e9:.2f}e9 DiT + {vae / 1e9:.2f}e9 VAE parameters at 2 bytes "
+            f"= {(dit + vae) * 2 / 1e9:.1f} GB, umT5-XXL {umt5 / 1e9:.2f}e9 parameters in fp32 = {umt5 * 4 / 1e9:.1f} GB")
