@@ -429,21 +429,28 @@ def write_method_models(models) -> None:
 
 def write_imvideoedit_models(root: Path, dit_path: Path) -> None:
     """A tiny Wan2.1 T2V DiT (umT5-wide text path, as the tiny umT5 folder), the Wan2.1 VAE, and ImVideoEdit weights
-    for that DiT with random (non-zero) updates, so the modules change the edit."""
-    from comfy_kiwi.methods import imvideoedit
+    for that DiT."""
     from comfy_kiwi.testing import tiny_dit, tiny_vae
     dit = tiny_dit.tiny_dit("2.1", seed=3)
     tiny_vae.write_original_file(tiny_vae.tiny_vae("2.1", seed=4), root / "vae" / "wan_2.1_vae.safetensors")
+    randomised_imvideoedit_weights(dit, root / "loras" / "imvideoedit.safetensors")
+    tiny_dit.write_original_file(dit, dit_path)            # last: its presence marks the set as written
+
+
+def randomised_imvideoedit_weights(dit, path: Path, seed: int = 1) -> Path:
+    """ImVideoEdit weights for ``dit`` as after some training (as the trainer saves them): every tensor moved, the
+    zero-initialised linears included, so the modules change the edit. The DiT is left unhooked."""
+    from comfy_kiwi.methods import imvideoedit
     with torch.random.fork_rng():
         torch.manual_seed(0)
         adapter = imvideoedit.attach(dit)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in adapter.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    adapter.save(root / "loras" / "imvideoedit.safetensors")
+    adapter.save(path)
     adapter.detach()
-    tiny_dit.write_original_file(dit, dit_path)            # last: its presence marks the set as written
+    return path
 
 
 def setup_environment(base: Path):

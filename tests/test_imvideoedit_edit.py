@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import comfy_harness as H
 from comfy_kiwi.cli import main
 from comfy_kiwi.methods import imvideoedit as ive
 from comfy_kiwi.testing import tiny_dit, tiny_vae
@@ -20,19 +21,6 @@ from comfy_kiwi.video_io import read_video, write_video
 CAPTION = "a red square on a white background"
 
 
-def randomised_weights(dit, path, seed=1):
-    """Adapter weights as after some training: every tensor moved, the zero linears included."""
-    torch.manual_seed(0)
-    adapter = ive.attach(dit)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    adapter.save(path)
-    adapter.detach()
-    return path
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("ive")
@@ -41,7 +29,7 @@ def files(tmp_path_factory):
         "dit": tiny_dit.write_original_file(dit, root / "wan21_dit.safetensors"),
         "vae": tiny_vae.write_original_file(tiny_vae.tiny_vae("2.1", seed=4), root / "wan_2.1_vae.safetensors"),
         "umt5": write_tiny_umt5(root / "umt5", d_model=32),
-        "weights": randomised_weights(dit, root / "ive.safetensors"),
+        "weights": H.randomised_imvideoedit_weights(dit, root / "ive.safetensors"),
         "video": root / "source.mp4",
         "dit22": tiny_dit.write_original_file(tiny_dit.tiny_dit("2.2", seed=3), root / "wan22_dit.safetensors"),
         "vae22": tiny_vae.write_original_file(tiny_vae.tiny_vae("2.2", seed=4), root / "wan2.2_vae.safetensors"),

@@ -32,15 +32,8 @@ def env(tmp_path_factory):
     tiny_vae.write_original_file(tiny_vae.tiny_vae("2.1", seed=4), models / "vae" / "wan_2.1_tiny.safetensors")
     write_tiny_umt5(models / "text_encoders" / "umt5-tiny", d_model=32)
     (models / "text_encoders" / "not-a-model").mkdir()
-    torch.manual_seed(0)
-    adapter = ive.attach(dit)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    adapter.save(models / "loras" / "ive_tiny.safetensors")
+    H.randomised_imvideoedit_weights(dit, models / "loras" / "ive_tiny.safetensors")
     save_file(tiny_dit_lora(dit), str(models / "loras" / "dit_lora_tiny.safetensors"))
-    adapter.detach()
     previous = comfy_adapter._models_dir
     comfy_adapter.set_models_dir(models)
     try:
