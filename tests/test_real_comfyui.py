@@ -255,10 +255,11 @@ def _fresh_prompt(object_info, workflow: str, tag: str) -> dict:
 
 
 LONG_NODES = ("KiwiMLLMEncode", "KiwiEncodeSource", "KiwiSampler", "KiwiVAEDecode", "KiwiJudge", "KiwiVIVAEncode",
-              "KiwiVIVASampler")
+              "KiwiVIVASampler", "KiwiImVideoEditSampler")
 
 
-@pytest.mark.parametrize("workflow", ["kiwi_all_parts.json", "kiwi_edit_then_judge.json", "kiwi_viva_edit.json"])
+@pytest.mark.parametrize("workflow", ["kiwi_all_parts.json", "kiwi_edit_then_judge.json", "kiwi_viva_edit.json",
+                                      "kiwi_imvideoedit_edit.json"])
 def test_long_nodes_report_progress_on_comfyuis_bar(server, object_info, listener, workflow):
     prompt = _fresh_prompt(object_info, workflow, "progress")
     status, answer = S.submit(server, prompt, listener.client_id)
@@ -274,7 +275,7 @@ def test_long_nodes_report_progress_on_comfyuis_bar(server, object_info, listene
         assert steps, f"{node['class_type']} #{nid} sent no progress; progress came from {sorted(progress)}"
         value, total = steps[-1]
         assert value == total > 0, (node["class_type"], steps)
-        if node["class_type"] == "KiwiSampler":
+        if node["class_type"] in ("KiwiSampler", "KiwiImVideoEditSampler"):
             assert total == node["inputs"]["steps"], steps
 
 
