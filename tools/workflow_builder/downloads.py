@@ -97,7 +97,7 @@ def umt5_models() -> list[dict]:
 def wan21_t2v_1_3b_size() -> str:
     """The download size of the ImVideoEdit workflow's models, from their parameter counts (comfy_kiwi.memory.planner:
     the DiT and VAE built on the meta device; umT5-XXL's count): the DiT and VAE files at 2 bytes per parameter,
-    the umT5 shards of the diffusers folder in fp32 (4 bytes; its five 5 GB shards)."""
+    the umT5 shards of the diffusers folder at 4 (fp32)."""
     from comfy_kiwi.memory.planner import MODELS, dit_sizes, vae_params
     sizes = dit_sizes("wan2.1-t2v-1.3b")
     dit, vae = sizes["block"] * sizes["layers"] + sizes["rest"], vae_params("2.1")
