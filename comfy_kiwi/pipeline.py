@@ -11,7 +11,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -226,12 +226,15 @@ class EditPipeline:
 
     @classmethod
     def from_pretrained(cls, folder, dtype: torch.dtype | None = torch.bfloat16, device=None,
-                        attention: str = "auto", dit_device=None, offload: bool | None = None) -> "EditPipeline":
+                        attention: str = "auto", dit_device=None, offload: bool | None = None,
+                        mllm_preset=None) -> "EditPipeline":
         """Load a whole Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, processor/, embedders).
 
         ``offload`` (default: on when ``device`` is not the CPU) keeps every model in RAM between its stages;
         off keeps DiT and VAE on ``device`` (faster for repeated edits, needs room for all at once).
-        ``dit_device="cpu"`` keeps the DiT in RAM regardless (for block swap: see ``EditSettings.block_swap``)."""
+        ``dit_device="cpu"`` keeps the DiT in RAM regardless (for block swap: see ``EditSettings.block_swap``).
+        ``mllm_preset``: the MLLM encoder settings the release's ``mllm_encoder/config.json`` values go over
+        (``mllm.config`` preset name or config; default Kiwi-Edit's)."""
         from .loading.dit_loader import load_dit
         from .loading.inspect import is_release_folder
         from .loading.vae_loader import load_vae
@@ -249,7 +252,8 @@ class EditPipeline:
         home = torch.device("cpu") if (device.type != "cpu" if offload is None else offload) else device
         dit = load_dit(folder, dtype=dtype, device=dit_device or home, attention=attention)
         vae = load_vae(folder / "vae", dtype=dtype, device=home)
-        mllm = load_mllm_encoder(folder, dtype=dtype, device="cpu" if device.type != "cpu" else device)
+        mllm = load_mllm_encoder(folder, dtype=dtype, device="cpu" if device.type != "cpu" else device,
+                                 preset=mllm_preset)
         return cls(dit, vae, mllm, device=device)
 
     # --- stages -----------------------------------------------------------------------------------
@@ -302,8 +306,10 @@ class EditPipeline:
         return vae_to_frames(x)
 
     # --- whole edit -------------------------------------------------------------------------------
-    def edit(self, frames: torch.Tensor, instruction: str, reference=None,
-             settings: EditSettings | None = None) -> EditResult:
+    def edit(self, frames: torch.Tensor, instruction: str, reference=None, settings: EditSettings | None = None,
+             sample: Callable[..., torch.Tensor] = sample_edit) -> EditResult:
+        """prepare → encode → VAE-encode → ``sample(dit, cond, source, settings, device=...)`` → decode; a method
+        passes its sampler (``methods.kiwi_edit.sample``), the default is the bare core sampler."""
         s = settings or EditSettings()
         has_reference = reference is not None and not (isinstance(reference, (list, tuple)) and not reference)
         if has_reference and getattr(self.dit, "ref_embedder", False) is None:
@@ -314,5 +320,5 @@ class EditPipeline:
         cond = self.encode_instruction(instruction, frames, reference, with_negative=s.cfg != 1.0)
         source = self.encode_source(frames, reference, tiled=s.vae_tiled)
         with nullcontext() if s.block_swap else on_device(self.dit, self.device):
-            latents = sample_edit(self.dit, cond, source, s, device=self.device)
+            latents = sample(self.dit, cond, source, s, device=self.device)
         return EditResult(self.decode(latents, tiled=s.vae_tiled), latents, cond.context, s)
