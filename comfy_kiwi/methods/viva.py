@@ -199,7 +199,8 @@ def conditioning(refiner: TokenRefiner, hidden: torch.Tensor, mask: torch.Tensor
     """The sampler's conditioning of VIVA: the hidden states as ``context`` / ``negative`` and the refiner as the
     per-step context hook that turns them into the DiT context."""
     from ..pipeline import EditConditioning
-    return EditConditioning(hidden, negative, step_context=RefinedContext(refiner, hidden, mask, negative, negative_mask))
+    hook = RefinedContext(refiner, hidden, mask, negative, negative_mask)
+    return EditConditioning(hidden, negative, step_context=hook)
 
 
 def encode(encoder, weights: VivaWeights, instruction: str, frames, reference=None, with_negative: bool = True,

@@ -324,7 +324,7 @@ class KiwiMethod(TrainingMethod):
         source = SourceConditioning(batch["source"], ref, feed_dit=module.source_input)
         settings = EditSettings(steps=steps, shift=shift, seed=seed, progress=False)
         return kiwi_edit.sample(module.dit, EditConditioning(module.context(batch)), source, settings,
-                           device=batch["source"].device).float()
+                                device=batch["source"].device).float()
 
 
 def _copy_into(module, tensors: dict, what: str) -> None:

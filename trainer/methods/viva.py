@@ -221,8 +221,9 @@ class VivaMethod(TrainingMethod):
     # --- sampling ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, module, batch, steps, shift, seed):
-        """``methods.viva.sample`` (the refiner turning the hidden states into the context per step) with VIVA's CFG 2.0 on the instruction only: the
-        negative is the cached empty-instruction encoding, the condition dropout trained."""
+        """``methods.viva.sample`` (the refiner turns the hidden states into the context at every step) with VIVA's
+        CFG 2.0 on the instruction only: the negative is the cached empty-instruction encoding, the condition dropout
+        trained."""
         return viva_sample(module.dit, module.refiner, batch, steps, shift, seed,
                            self.options.source_conditioning == "concat", cfg=viva.VIVA_CFG)
 
