@@ -1,5 +1,6 @@
-"""``python -m comfy_kiwi edit``: one whole edit from the shell, through :class:`EditPipeline` (a Kiwi-Edit release)
-or, with ``--imvideoedit``, through :mod:`comfy_kiwi.methods.imvideoedit_pipeline` (Wan2.1 + ImVideoEdit weights);
+"""``python -m comfy_kiwi edit``: one whole edit from the shell, through :mod:`comfy_kiwi.methods.kiwi_edit` (a
+Kiwi-Edit release; ``--window``: :mod:`comfy_kiwi.methods.instructx`'s long-video windows) or, with
+``--imvideoedit``, through :mod:`comfy_kiwi.methods.imvideoedit_pipeline` (Wan2.1 + ImVideoEdit weights);
 ``--viva`` / ``--rvedit`` go through :mod:`comfy_kiwi.method_edit`."""
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def run_edit(args) -> int:
     from safetensors.torch import save_file
 
     from .frames import load_image
-    from .pipeline import EditPipeline, EditResult, EditSettings
+    from .methods import instructx, kiwi_edit
+    from .pipeline import EditResult, EditSettings
     from .video_io import read_video, write_video
 
     out = Path(args.out)
@@ -128,14 +130,15 @@ def run_edit(args) -> int:
         if kind is not None:
             pipe, frames = kind.load_pipeline(model, device, dtype), kind.edit.prepare_frames(frames)
         else:
-            pipe = EditPipeline.from_pretrained(args.model, dtype=dtype, device=device, attention=args.attention,
-                                                dit_device="cpu" if args.block_swap else None)
+            pipe = kiwi_edit.load(args.model, dtype=dtype, device=device, attention=args.attention,
+                                  dit_device="cpu" if args.block_swap else None)
         if args.window is not None:
-            from .long_video import edit_long_video
-            edited = edit_long_video(pipe, frames, args.instruction, refs, settings, window=args.window)
+            edited = instructx.edit(pipe, frames, args.instruction, refs, settings, window=args.window)
             result = EditResult(edited, None, None, settings)
+        elif kind is not None:
+            result = pipe.edit(frames, args.instruction, refs, settings)      # the kind's own pipeline
         else:
-            result = pipe.edit(frames, args.instruction, refs, settings)
+            result = kiwi_edit.edit(pipe, frames, args.instruction, refs, settings)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):

@@ -11,6 +11,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, Protocol
 
 import torch
 
@@ -45,19 +46,27 @@ class EditSettings:
         return replace(self, **kw)
 
 
+class StepContext(Protocol):
+    """The per-step context hook of :class:`EditConditioning`: called at every sampling step with the step's
+    timestep ``t`` [B] (the DiT's dtype, on the compute device) and the branch; returns the context [B, L, dim]
+    on ``t``'s device (the sampler casts it to the DiT's dtype)."""
+
+    def __call__(self, t: torch.Tensor, negative: bool) -> torch.Tensor: ...
+
+
 @dataclass
 class EditConditioning:
     """DiT context tokens of one instruction (and of the empty instruction, for CFG)."""
 
     context: torch.Tensor                    # [1, L, dim]
     negative: torch.Tensor | None = None     # [1, L', dim] — empty instruction, same visual inputs
-    # VIVA: ``context``/``negative`` are the VLM instructor's hidden states [1, L, C_in]; the sampler
-    # refines them at every step with the step's timestep (``refiner.refine(hidden, t, mask)``).
-    refiner: torch.nn.Module | None = None
-    context_mask: torch.Tensor | None = None     # [1, L] real-token mask of ``context`` (refiner path)
-    negative_mask: torch.Tensor | None = None    # [1, L'] of ``negative``
-    # RVEDiT: granularity routing (``methods.rvedit_streams.RoutedStreams``): blocks < split see the
-    # context (X_e) only, deeper ones [X_e; X_v; X_ℓ].
+    # A context that changes with the timestep: ``step_context(t, negative)`` → the DiT context of that step
+    # for the positive (``negative=False``) or negative branch, where ``context``/``negative`` hold what it is
+    # made from. The sampler then calls the DiT once per branch (CFG as two calls; the lengths may differ) and
+    # keeps no cross-attention K/V cache. A method supplies it (VIVA: ``methods.viva.RefinedContext``).
+    step_context: StepContext | None = None
+    # Per-block contexts fixed for the whole run: ``routing.routed(dit, context)`` installs them for the run
+    # (RVEDiT: ``methods.rvedit_streams.RoutedStreams``); the K/V cache stays exact.
     routing: object | None = None
 
 
@@ -132,14 +141,35 @@ def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, setting
     x = start_latents(noise, float(sigmas[0]), None if init_latents is None else init_latents.to(device, dtype))
 
     use_cfg = settings.cfg != 1.0
-    if cond.refiner is not None:
-        return _sample_refined(dit, cond, source, settings, x, sigmas, device, dtype)
     if use_cfg and cond.negative is None:
         raise InputError("cfg is not 1.0 but the conditioning has no negative (empty-instruction) "
                          "encoding; encode with cfg enabled or set cfg to 1.0.")
-    ctx = cond.context.to(device, dtype)
+    per_step = cond.step_context is not None
+    if per_step and cond.routing is not None:
+        raise InputError("a per-step context and per-block routing cannot be combined in one sampler run.")
     src = None if source.source_latents is None or not source.feed_dit else source.source_latents.to(device, dtype)
     ref = None if source.reference_latents is None else source.reference_latents.to(device, dtype)
+    if per_step:
+        velocity, ctx = _per_step_velocity(dit, cond.step_context, src, ref, source.reference_first, settings.cfg,
+                                           device, dtype), None
+    else:
+        velocity, ctx = _batched_velocity(dit, cond, src, ref, source.reference_first, settings.cfg, device, dtype)
+
+    from .memory import block_swap, kv_cache
+    swap = block_swap(dit, settings.block_swap, compute_device=device) if settings.block_swap else nullcontext()
+    # routing: each block's context is fixed for the whole run, so the K/V cache stays exact; a per-step context
+    # changes the cross-attention K/V at every step: no cache
+    routed = cond.routing.routed(dit, ctx) if cond.routing is not None else nullcontext()
+    with swap, routed, kv_cache(dit, enabled=settings.kv_cache and not per_step), \
+            step_cache(dit, settings.step_cache) as cache:      # with CFG as two calls: one cache state per branch
+        return sample_euler(velocity, x, sigmas, progress=settings.progress, step_cache=cache)
+
+
+def _batched_velocity(dit, cond: EditConditioning, src, ref, reference_first, cfg: float, device, dtype):
+    """v(x, σ) with one context for the whole run; with CFG the negative and positive branches run as one batch
+    (their contexts must have one length). Also returns that context (what per-block routing installs)."""
+    use_cfg = cfg != 1.0
+    ctx = cond.context.to(device, dtype)
     if use_cfg:
         neg = cond.negative.to(device, dtype)
         if neg.shape[1] != ctx.shape[1]:
@@ -153,56 +183,30 @@ def sample_edit(dit, cond: EditConditioning, source: SourceConditioning, setting
         xb = torch.cat([x, x]) if use_cfg else x
         t = sigma_to_timestep(sigma, xb.shape[0], dtype, device)
         v = dit(xb, t, ctx, source_latents=src, source_scale=sigma,
-                reference_latents=ref, reference_first=source.reference_first)
+                reference_latents=ref, reference_first=reference_first)
         if use_cfg:
             v_neg, v_pos = v.chunk(2)
-            return v_neg + settings.cfg * (v_pos - v_neg)
+            return v_neg + cfg * (v_pos - v_neg)
         return v
-
-    from .memory import block_swap, kv_cache
-    swap = block_swap(dit, settings.block_swap, compute_device=device) if settings.block_swap else nullcontext()
-    # RVEDiT routing: each block's context is fixed for the whole run, so the K/V cache stays exact
-    routed = cond.routing.routed(dit, ctx) if cond.routing is not None else nullcontext()
-    with swap, routed, kv_cache(dit, enabled=settings.kv_cache), step_cache(dit, settings.step_cache) as cache:
-        return sample_euler(velocity, x, sigmas, progress=settings.progress, step_cache=cache)
+    return velocity, ctx
 
 
-def _sample_refined(dit, cond: EditConditioning, source: SourceConditioning, settings: EditSettings,
-                    x: torch.Tensor, sigmas: torch.Tensor, device, dtype) -> torch.Tensor:
-    """VIVA's sampler path: the token refiner turns the instructor's hidden states into the DiT context
-    at every step (it depends on t), so the cross-attention K/V change per step and the K/V cache is
-    not used. CFG (VIVA: 2.0) guides the instruction only: the negative is the empty instruction with the
-    same frame and reference; positive and negative run as two DiT calls (their lengths may differ)."""
-    use_cfg = settings.cfg != 1.0
-    if use_cfg and cond.negative is None:
-        raise InputError("cfg is not 1.0 but the VIVA conditioning has no negative (empty-instruction) encoding; "
-                         "encode with cfg enabled or set cfg to 1.0.")
-    if cond.routing is not None:
-        raise InputError("VIVA (refined context) and RVEDiT routing cannot be combined in one sampler run.")
-    refiner = cond.refiner
-    r_dtype = next(refiner.parameters()).dtype
-    hidden = cond.context.to(device, r_dtype)
-    neg = cond.negative.to(device, r_dtype) if use_cfg else None
-    src = None if source.source_latents is None or not source.feed_dit else source.source_latents.to(device, dtype)
-    ref = None if source.reference_latents is None else source.reference_latents.to(device, dtype)
-
-    def call(h, mask, xb, t, sigma):
-        ctx = refiner.refine(h, t.to(r_dtype), None if mask is None else mask.to(device)).to(dtype)
-        return dit(xb, t, ctx, source_latents=src, source_scale=sigma, reference_latents=ref,
-                   reference_first=source.reference_first)
+def _per_step_velocity(dit, step_context: StepContext, src, ref, reference_first, cfg: float, device, dtype):
+    """v(x, σ) with the context of every step from ``step_context``; with CFG (on the context only: source and
+    reference are the same in both branches) the positive and negative branches are two DiT calls."""
+    def call(negative: bool, x: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
+        ctx = step_context(t, negative).to(dtype)
+        return dit(x, t, ctx, source_latents=src, source_scale=sigma, reference_latents=ref,
+                   reference_first=reference_first)
 
     def velocity(x: torch.Tensor, sigma: float, i: int) -> torch.Tensor:
         t = sigma_to_timestep(sigma, x.shape[0], dtype, device)
-        v = call(hidden, cond.context_mask, x, t, sigma)
-        if use_cfg:
-            v_neg = call(neg, cond.negative_mask, x, t, sigma)
-            return v_neg + settings.cfg * (v - v_neg)
+        v = call(False, x, t, sigma)
+        if cfg != 1.0:
+            v_neg = call(True, x, t, sigma)
+            return v_neg + cfg * (v - v_neg)
         return v
-
-    from .memory import block_swap
-    swap = block_swap(dit, settings.block_swap, compute_device=device) if settings.block_swap else nullcontext()
-    with swap, step_cache(dit, settings.step_cache) as cache:   # one cache state per CFG call: per branch
-        return sample_euler(velocity, x, sigmas, progress=settings.progress, step_cache=cache)
+    return velocity
 
 
 class EditPipeline:
@@ -222,12 +226,15 @@ class EditPipeline:
 
     @classmethod
     def from_pretrained(cls, folder, dtype: torch.dtype | None = torch.bfloat16, device=None,
-                        attention: str = "auto", dit_device=None, offload: bool | None = None) -> "EditPipeline":
+                        attention: str = "auto", dit_device=None, offload: bool | None = None,
+                        mllm_preset=None) -> "EditPipeline":
         """Load a whole Kiwi-Edit release folder (transformer/, vae/, mllm_encoder/, processor/, embedders).
 
         ``offload`` (default: on when ``device`` is not the CPU) keeps every model in RAM between its stages;
         off keeps DiT and VAE on ``device`` (faster for repeated edits, needs room for all at once).
-        ``dit_device="cpu"`` keeps the DiT in RAM regardless (for block swap: see ``EditSettings.block_swap``)."""
+        ``dit_device="cpu"`` keeps the DiT in RAM regardless (for block swap: see ``EditSettings.block_swap``).
+        ``mllm_preset``: the MLLM encoder settings the release's ``mllm_encoder/config.json`` values go over
+        (``mllm.config`` preset name or config; default Kiwi-Edit's)."""
         from .loading.dit_loader import load_dit
         from .loading.inspect import is_release_folder
         from .loading.vae_loader import load_vae
@@ -245,7 +252,8 @@ class EditPipeline:
         home = torch.device("cpu") if (device.type != "cpu" if offload is None else offload) else device
         dit = load_dit(folder, dtype=dtype, device=dit_device or home, attention=attention)
         vae = load_vae(folder / "vae", dtype=dtype, device=home)
-        mllm = load_mllm_encoder(folder, dtype=dtype, device="cpu" if device.type != "cpu" else device)
+        mllm = load_mllm_encoder(folder, dtype=dtype, device="cpu" if device.type != "cpu" else device,
+                                 preset=mllm_preset)
         return cls(dit, vae, mllm, device=device)
 
     # --- stages -----------------------------------------------------------------------------------
@@ -298,8 +306,10 @@ class EditPipeline:
         return vae_to_frames(x)
 
     # --- whole edit -------------------------------------------------------------------------------
-    def edit(self, frames: torch.Tensor, instruction: str, reference=None,
-             settings: EditSettings | None = None) -> EditResult:
+    def edit(self, frames: torch.Tensor, instruction: str, reference=None, settings: EditSettings | None = None,
+             sample: Callable[..., torch.Tensor] = sample_edit) -> EditResult:
+        """prepare → encode → VAE-encode → ``sample(dit, cond, source, settings, device=...)`` → decode; a method
+        passes its sampler (``methods.kiwi_edit.sample``), the default is the bare core sampler."""
         s = settings or EditSettings()
         has_reference = reference is not None and not (isinstance(reference, (list, tuple)) and not reference)
         if has_reference and getattr(self.dit, "ref_embedder", False) is None:
@@ -310,5 +320,5 @@ class EditPipeline:
         cond = self.encode_instruction(instruction, frames, reference, with_negative=s.cfg != 1.0)
         source = self.encode_source(frames, reference, tiled=s.vae_tiled)
         with nullcontext() if s.block_swap else on_device(self.dit, self.device):
-            latents = sample_edit(self.dit, cond, source, s, device=self.device)
+            latents = sample(self.dit, cond, source, s, device=self.device)
         return EditResult(self.decode(latents, tiled=s.vae_tiled), latents, cond.context, s)

@@ -55,7 +55,7 @@ class KiwiLongVideoEdit:
         frames = as_frames(source, "source")
         ref = None if reference is None else single_image(reference, "reference")
         from comfy_kiwi import pipeline
-        from comfy_kiwi.long_video import edit_long_video
+        from comfy_kiwi.methods import instructx
         settings = pipeline.EditSettings(steps=int(steps), shift=float(shift), schedule=schedule, cfg=float(cfg),
                                          seed=int(seed), max_pixels=int(max_pixels), num_frames=None)
         device = comfy_adapter.compute_device()
@@ -64,7 +64,7 @@ class KiwiLongVideoEdit:
             stack.enter_context(placement.on_device(dit.model, device))
             stack.enter_context(dit.applied())
             pipe = pipeline.EditPipeline(dit.model, vae, mllm, device=device)
-            out = edit_long_video(pipe, frames, instruction, ref, settings, window=int(window))
+            out = instructx.edit(pipe, frames, instruction, ref, settings, window=int(window))
         return (out.float().cpu(),)
 
 

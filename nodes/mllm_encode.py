@@ -46,9 +46,9 @@ class KiwiMLLMEncode:
                 "this MLLM encoder has no reference branch (an instruction-only release): disconnect the reference "
                 "image, or load a release trained with references (reference-only or instruct-reference).")
         from comfy_kiwi import pipeline
+        from comfy_kiwi.methods import kiwi_edit
         with placement.on_device(mllm) as device:
-            pipe = pipeline.EditPipeline(None, None, mllm, device=device, offload_mllm=False)
-            cond = pipe.encode_instruction(instruction, frames, ref, with_negative=bool(encode_negative))
+            cond = kiwi_edit.encode(mllm, instruction, frames, ref, bool(encode_negative), device=device)
         comfy_adapter.soft_empty_cache()
         # small tensors; keeping them on the CPU lets the encoder's device be freed completely
         return (pipeline.EditConditioning(cond.context.cpu(), None if cond.negative is None else cond.negative.cpu()),)

@@ -82,6 +82,7 @@ class KiwiSampler:
     def sample(self, dit, conditioning, source, seed, steps, shift, cfg, denoise, schedule, block_swap=-1,
                step_cache=0.0):
         from comfy_kiwi import pipeline
+        from comfy_kiwi.methods import kiwi_edit
         if not (isinstance(conditioning, pipeline.EditConditioning)
                 and isinstance(source, pipeline.SourceConditioning)):
             raise InputError(
@@ -97,12 +98,12 @@ class KiwiSampler:
                                          step_cache=float(step_cache))
         if n == 0:
             with placement.on_device(dit.model, device), dit.applied():
-                latents = pipeline.sample_edit(dit.model, conditioning, source, settings, device=device)
+                latents = kiwi_edit.sample(dit.model, conditioning, source, settings, device=device)
         else:  # the swap moves the resident parts itself; LoRA hooks go on first so the RAM copies carry them
             home = placement.module_device(dit.model)
             try:
                 with dit.applied():
-                    latents = pipeline.sample_edit(dit.model, conditioning, source, settings, device=device)
+                    latents = kiwi_edit.sample(dit.model, conditioning, source, settings, device=device)
             finally:
                 dit.model.to(home)
         return (latents.float().cpu(),)

@@ -116,7 +116,7 @@ class KiwiVIVASampler:
 
     def sample(self, dit, viva, conditioning, source, seed, steps, shift, cfg, step_cache=0.0):
         from comfy_kiwi.methods import viva as viva_method
-        if getattr(conditioning, "refiner", None) is None:
+        if viva_method.refiner_of(conditioning) is None:
             raise errors.InputError("this conditioning is not a VIVA encoding; connect Kiwi VIVA Encode.")
         if source.source_latents is None:
             raise errors.InputError("the source has no latents; connect Kiwi Encode Source.")

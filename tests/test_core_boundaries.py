@@ -47,6 +47,31 @@ def test_the_core_imports_no_method_and_no_toy():
     assert not found, "the core must not name a method or the toy world:\n" + "\n".join(found)
 
 
+# a core that names no paper: no identifier (name, attribute, argument, keyword, def or class) of the core may
+# name a method or one of its parts; a method attaches its pieces (a source strategy, a per-step context hook)
+METHOD_WORDS = ("viva", "refiner", "rvedit", "imvideoedit", "instructx")
+
+
+def identifiers(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for name in (getattr(node, "id", None), getattr(node, "attr", None), getattr(node, "arg", None),
+                     getattr(node, "name", None) if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else None):
+            if isinstance(name, str):
+                yield node.lineno, name
+
+
+def test_the_core_names_no_method_in_its_code():
+    found = [f"{p.relative_to(ROOT)}:{line}: {name}" for p in CORE for line, name in identifiers(p)
+             if any(word in name.lower() for word in METHOD_WORDS)]
+    assert not found, "the core must not name a method (attach a strategy or hook instead):\n" + "\n".join(found)
+
+
+def test_the_identifier_scan_sees_attributes_and_keywords(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f(cond):\n    return g(cond.refiner, viva_mask=1)\n")
+    assert {n for _, n in identifiers(probe)} >= {"refiner", "viva_mask", "cond", "f"}
+
+
 def test_the_scan_sees_imports_inside_functions(tmp_path):
     """The scanner itself: a late, relative import inside a function is found."""
     sub = tmp_path / "comfy_kiwi" / "models"

@@ -5,7 +5,8 @@ import torch
 
 from comfy_kiwi import EditPipeline, EditSettings
 from comfy_kiwi.errors import InputError
-from comfy_kiwi.long_video import edit_long_video, window_starts
+from comfy_kiwi.methods.instructx import edit as edit_long_video
+from comfy_kiwi.methods.instructx import window_starts
 from comfy_kiwi.testing.tiny_release import tiny_video_frames, write_tiny_kiwi_release
 
 FAST = EditSettings(steps=2, max_pixels=64 * 64, num_frames=None, progress=False)

@@ -58,8 +58,8 @@ def test_viva_nodes_cli_and_trainer_sample_the_same(env, video, tmp_path):  # no
     assert torch.equal(nodes, cli)
     trained = copy.deepcopy(dit.model)                # the trainer's DiT carries the VIVA parts for good
     refiner = viva.load_viva(weights_file, trained)
-    batch = {"vlm_hidden": cond.context, "vlm_hidden_null": cond.negative, "vlm_mask": cond.context_mask,
-             "vlm_mask_null": cond.negative_mask, "source": src.source_latents}
+    batch = {"vlm_hidden": cond.context, "vlm_hidden_null": cond.negative, "vlm_mask": cond.step_context.mask,
+             "vlm_mask_null": cond.step_context.negative_mask, "source": src.source_latents}
     with torch.no_grad():
         trainer = viva_sample(trained, refiner, batch, STEPS, SHIFT, SEED)
     assert torch.equal(nodes, trainer.float())
@@ -86,8 +86,8 @@ def test_viva_with_a_reference_nodes_cli_and_trainer_sample_the_same(env, video,
     assert torch.equal(nodes, cli_latents(tmp_path, path, "--viva", weights_file, "--reference", image))
     trained = copy.deepcopy(dit.model)
     refiner = viva.load_viva(weights_file, trained)
-    batch = {"vlm_hidden": cond.context, "vlm_hidden_null": cond.negative, "vlm_mask": cond.context_mask,
-             "vlm_mask_null": cond.negative_mask, "source": src.source_latents,
+    batch = {"vlm_hidden": cond.context, "vlm_hidden_null": cond.negative, "vlm_mask": cond.step_context.mask,
+             "vlm_mask_null": cond.step_context.negative_mask, "source": src.source_latents,
              "reference_latents": src.reference_latents}
     with torch.no_grad():
         assert torch.equal(nodes, viva_sample(trained, refiner, batch, STEPS, SHIFT, SEED).float())

@@ -88,6 +88,33 @@ def test_cfg_batches_both_branches(pipe, frames):
         sample_edit(pipe.dit, EditConditioning(cond.context), source, s)
 
 
+def test_per_step_context_hook_matches_hand_written_euler(pipe, frames):
+    """``EditConditioning.step_context``: the context of every step comes from the hook (at that step's t, per
+    branch), CFG runs as two DiT calls whose contexts may differ in length, and no K/V cache is attached."""
+    prepared = pipe.prepare(frames, FAST)
+    source = pipe.encode_source(prepared)
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 6, pipe.dit.config.dim, generator=g), torch.randn(1, 4, pipe.dit.config.dim, generator=g)
+    calls = []
+
+    def hook(t, negative):
+        calls.append((float(t[0]), negative, pipe.dit.kv_cache))
+        return base[negative] * (1 + t[:, None, None] / 1000)          # a context that changes with t
+
+    s = FAST.replace(cfg=2.5)
+    got = sample_edit(pipe.dit, EditConditioning(base[0], base[1], step_context=hook), source, s)
+    assert [neg for _, neg, _ in calls] == [False, True] * 3 and all(kv is None for *_, kv in calls)
+
+    sig = flow_sigmas(3, 5.0, "kiwi").tolist() + [0.0]
+    x, src = noise_like(source.source_latents.shape, seed=0), source.source_latents
+    with torch.no_grad():
+        for i in range(3):
+            t = torch.tensor([1000 * sig[i]])
+            vp, vn = (pipe.dit(x, t, hook(t, neg), source_latents=src, source_scale=sig[i]) for neg in (False, True))
+            x = x + (vn + 2.5 * (vp - vn)) * (sig[i + 1] - sig[i])
+    assert torch.allclose(got, x, atol=1e-5)
+
+
 def test_reference_mode(pipe, frames, release):
     ref = tiny_video_frames(1, 40, 50, seed=3)
     prepared = pipe.prepare(frames, FAST)

@@ -109,13 +109,12 @@ def test_a_skipped_call_adds_the_last_computed_residual(spy):
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 def test_viva_cfg_branches_each_reuse_their_own_residual(spy, cfg):
     """VIVA runs the positive and negative instruction as two DiT calls per step: two cache branches."""
-    from comfy_kiwi.methods.viva import attach_viva, viva_settings
+    from comfy_kiwi.methods.viva import attach_viva, conditioning, viva_settings
     model = tiny_dit("2.1", seed=2)
     refiner = attach_viva(model, in_dim=24)
     g = torch.Generator().manual_seed(0)
-    cond = EditConditioning(torch.randn(1, 5, 24, generator=g), 3 * torch.randn(1, 3, 24, generator=g),
-                            refiner=refiner, context_mask=torch.ones(1, 5, dtype=torch.bool),
-                            negative_mask=torch.ones(1, 3, dtype=torch.bool))
+    cond = conditioning(refiner, torch.randn(1, 5, 24, generator=g), torch.ones(1, 5, dtype=torch.bool),
+                        3 * torch.randn(1, 3, 24, generator=g), torch.ones(1, 3, dtype=torch.bool))
     src = SourceConditioning(torch.randn(1, 16, 2, 6, 10, generator=g))
     sample_edit(model, cond, src, viva_settings(steps=STEPS, cfg=cfg, progress=False, step_cache=1e9))
     branches = 2 if cfg != 1.0 else 1

@@ -138,8 +138,8 @@ def test_concat_source_mode_is_opt_in_and_round_trips_through_the_loader(tmp_pat
 
 
 def test_sampler_refines_the_context_at_every_step_without_the_kv_cache():
-    from comfy_kiwi.methods.viva import attach_viva, viva_settings
-    from comfy_kiwi.pipeline import EditConditioning, SourceConditioning, sample_edit
+    from comfy_kiwi.methods.viva import attach_viva, conditioning, viva_settings
+    from comfy_kiwi.pipeline import SourceConditioning, sample_edit
     model = tiny_dit("2.1", seed=2)
     refiner = attach_viva(model, in_dim=24)
     seen = []
@@ -150,8 +150,7 @@ def test_sampler_refines_the_context_at_every_step_without_the_kv_cache():
         return original(hidden, t, mask)
     refiner.refine = spy
     hidden, neg = torch.randn(1, 5, 24), torch.randn(1, 3, 24)
-    cond = EditConditioning(hidden, neg, refiner=refiner, context_mask=torch.ones(1, 5, dtype=torch.bool),
-                            negative_mask=torch.ones(1, 3, dtype=torch.bool))
+    cond = conditioning(refiner, hidden, torch.ones(1, 5, dtype=torch.bool), neg, torch.ones(1, 3, dtype=torch.bool))
     src = SourceConditioning(torch.randn(1, 16, 2, 6, 10))
     out = sample_edit(model, cond, src, viva_settings(steps=3, progress=False))
     assert out.shape == (1, 16, 2, 6, 10)

@@ -97,7 +97,7 @@ def test_viva_nodes_edit_like_the_library_and_leave_the_dit_alone(env):
     c, dit = env["classes"], env["dit"]
     (weights,) = run(c, "KiwiVIVALoader", "viva_tiny.safetensors", dit)
     (cond,) = run(c, "KiwiVIVAEncode", env["mllm"], weights, env["frames"], "Make the square red.", True)
-    assert cond.refiner is weights.refiner and cond.negative is not None
+    assert cond.step_context.refiner is weights.refiner and cond.negative is not None
     (lat,) = run(c, "KiwiVIVASampler", dit, weights, cond, env["source"], 0, 2, 5.0, 2.0)
     assert lat.shape == env["source"].source_latents.shape and torch.isfinite(lat).all()
     assert dit.model.source_mixer is None and dit.model.source_mode == "add_sigma"     # restored

@@ -176,12 +176,38 @@ def applied(dit, weights: VivaWeights):
         dit.source_mixer, dit.source_mode, dit.context_embedding, dit.ref_embedder = saved
 
 
+@dataclass
+class RefinedContext:
+    """VIVA's per-step context, the sampler's ``EditConditioning.step_context``: the refiner turns the instructor's
+    hidden states into the DiT context at every step's timestep t (= 1000σ); the negative branch refines the empty
+    instruction's hidden states (instruction-only CFG)."""
+
+    refiner: TokenRefiner
+    hidden: torch.Tensor                        # [1, L, C_in] instructor hidden states of the instruction
+    mask: torch.Tensor | None                   # [1, L] real-token mask
+    negative: torch.Tensor | None = None        # [1, L', C_in] of the empty instruction (same frame and reference)
+    negative_mask: torch.Tensor | None = None
+
+    def __call__(self, t: torch.Tensor, negative: bool) -> torch.Tensor:
+        hidden, mask = (self.negative, self.negative_mask) if negative else (self.hidden, self.mask)
+        dtype = next(self.refiner.parameters()).dtype
+        return self.refiner.refine(hidden.to(t.device, dtype), t.to(dtype), None if mask is None else mask.to(t.device))
+
+
+def conditioning(refiner: TokenRefiner, hidden: torch.Tensor, mask: torch.Tensor | None,
+                 negative: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None):
+    """The sampler's conditioning of VIVA: the hidden states as ``context`` / ``negative`` and the refiner as the
+    per-step context hook that turns them into the DiT context."""
+    from ..pipeline import EditConditioning
+    hook = RefinedContext(refiner, hidden, mask, negative, negative_mask)
+    return EditConditioning(hidden, negative, step_context=hook)
+
+
 def encode(encoder, weights: VivaWeights, instruction: str, frames, reference=None, with_negative: bool = True,
            system_prompt: str | None = None):
-    """An ``EditConditioning`` for the sampler's VIVA path: instructor hidden states (+ the empty instruction's,
-    same frame and reference, for instruction-only CFG) and the refiner that turns them into context per step."""
+    """An ``EditConditioning`` for the sampler: instructor hidden states (+ the empty instruction's, same frame and
+    reference, for instruction-only CFG) and the refiner that turns them into context per step (``RefinedContext``)."""
     from ..mllm.instructor import VIVA_SYSTEM_PROMPT, VivaInstructor
-    from ..pipeline import EditConditioning
     if weights.refiner.in_dim != encoder.config.hidden_size:
         raise InputError(f"the VIVA refiner reads {weights.refiner.in_dim}-wide hidden states but this MLLM's are "
                          f"{encoder.config.hidden_size} wide: load the Qwen2.5-VL the VIVA weights were trained with.")
@@ -191,13 +217,14 @@ def encode(encoder, weights: VivaWeights, instruction: str, frames, reference=No
             (h, m), (hn, mn) = inst.encode_pair(instruction, frames, reference)
         else:
             (h, m), hn, mn = inst.hidden_states(instruction, frames, reference), None, None
-    return EditConditioning(h.cpu(), None if hn is None else hn.cpu(), refiner=weights.refiner,
-                            context_mask=m.cpu(), negative_mask=None if mn is None else mn.cpu())
+    return conditioning(weights.refiner, h.cpu(), m.cpu(), None if hn is None else hn.cpu(),
+                        None if mn is None else mn.cpu())
 
 
-def refined_context(refiner: TokenRefiner, hidden: torch.Tensor, mask: torch.Tensor | None, t) -> torch.Tensor:
-    """The DiT context at timestep ``t`` (= 1000σ): the refiner runs at every sampling step."""
-    return refiner.refine(hidden, t, mask)
+def refiner_of(conditioning) -> TokenRefiner | None:
+    """The refiner of a VIVA conditioning (None: not a VIVA encoding)."""
+    hook = getattr(conditioning, "step_context", None)
+    return hook.refiner if isinstance(hook, RefinedContext) else None
 
 
 def sample(dit, weights: VivaWeights, conditioning, source, settings, device=None) -> torch.Tensor:
@@ -206,7 +233,7 @@ def sample(dit, weights: VivaWeights, conditioning, source, settings, device=Non
     step, CFG on the instruction only (``settings.cfg``; VIVA: 2.0, ``viva_settings``), the source by channel
     concatenation and the reference latents as tokens beside the noisy ones. Returns latents [1, C, f, h, w]."""
     from ..pipeline import sample_edit
-    if getattr(conditioning, "refiner", None) is not weights.refiner:
+    if refiner_of(conditioning) is not weights.refiner:
         raise InputError("the conditioning was encoded with other VIVA weights than the ones given here (its refiner "
                          "differs); encode and sample with the same weights (one Kiwi VIVA Loader for both nodes).")
     if source.reference_latents is not None and weights.ref_embedder is None:

@@ -120,14 +120,15 @@ class EditGRPOModule(TrainModule):
         return self._frozen[1]
 
     def velocity_fn(self, hidden, mask, source, reference=None):
-        """v(x, σ) of the VIVA policy for a group: the refiner runs at the step's t, then the DiT."""
+        """v(x, σ) of the VIVA policy for a group: the refiner runs at the step's t (VIVA's per-step context,
+        ``viva.RefinedContext``, as the sampler runs it), then the DiT."""
         dtype = self.dit.dtype
         ref = None if reference is None or self.dit.ref_embedder is None else reference.to(dtype)
 
         def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
             g = x.shape[0]
             t = sigma_to_timestep(sigma, g, dtype, x.device)
-            ctx = self.refiner.refine(hidden.expand(g, -1, -1), t, mask.expand(g, -1))
+            ctx = viva.RefinedContext(self.refiner, hidden.expand(g, -1, -1), mask.expand(g, -1))(t, negative=False)
             src = None if self.dit.source_mixer is None else source.expand(g, -1, -1, -1, -1).to(dtype)
             return self.dit(x.to(dtype), t, ctx.to(dtype), source_latents=src, reference_latents=ref)
         return velocity

@@ -315,14 +315,16 @@ class KiwiMethod(TrainingMethod):
     # --- sampling ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, module, batch, steps, shift, seed):
-        """The batch's first item through ``pipeline.sample_edit``, the sampler of the nodes and the command line."""
-        from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning, sample_edit
+        """The batch's first item through ``methods.kiwi_edit.sample``, the sampler of the nodes and the command line
+        (InstructX runs too: their MLLM preset only changes the context)."""
+        from comfy_kiwi.methods import kiwi_edit
+        from comfy_kiwi.pipeline import EditConditioning, EditSettings, SourceConditioning
         batch = {k: v[:1] for k, v in batch.items()}
         ref = module.reference_latents(batch, torch.ones(1))          # no shrink at inference
         source = SourceConditioning(batch["source"], ref, feed_dit=module.source_input)
         settings = EditSettings(steps=steps, shift=shift, seed=seed, progress=False)
-        return sample_edit(module.dit, EditConditioning(module.context(batch)), source, settings,
-                           device=batch["source"].device).float()
+        return kiwi_edit.sample(module.dit, EditConditioning(module.context(batch)), source, settings,
+                                device=batch["source"].device).float()
 
 
 def _copy_into(module, tensors: dict, what: str) -> None:

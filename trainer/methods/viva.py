@@ -221,19 +221,20 @@ class VivaMethod(TrainingMethod):
     # --- sampling ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, module, batch, steps, shift, seed):
-        """The library sampler's VIVA path (refiner per step) with VIVA's CFG 2.0 on the instruction only: the
-        negative is the cached empty-instruction encoding, the condition dropout trained."""
+        """``methods.viva.sample`` (the refiner turns the hidden states into the context at every step) with VIVA's
+        CFG 2.0 on the instruction only: the negative is the cached empty-instruction encoding, the condition dropout
+        trained."""
         return viva_sample(module.dit, module.refiner, batch, steps, shift, seed,
                            self.options.source_conditioning == "concat", cfg=viva.VIVA_CFG)
 
 
 def viva_sample(dit, refiner, batch, steps, shift, seed, concat: bool = True, cfg: float = viva.VIVA_CFG):
     """Edited latents of the batch's first item through ``methods.viva.sample`` (the nodes' entry point too)."""
-    from comfy_kiwi.pipeline import EditConditioning, SourceConditioning
+    from comfy_kiwi.pipeline import SourceConditioning
     b = {k: v[:1] for k, v in batch.items() if torch.is_tensor(v)}
     neg = cfg != 1.0
-    cond = EditConditioning(b["vlm_hidden"], b["vlm_hidden_null"] if neg else None, refiner=refiner,
-                            context_mask=b["vlm_mask"], negative_mask=b["vlm_mask_null"] if neg else None)
+    cond = viva.conditioning(refiner, b["vlm_hidden"], b["vlm_mask"], b["vlm_hidden_null"] if neg else None,
+                             b["vlm_mask_null"] if neg else None)
     weights = viva.VivaWeights(refiner, dit.source_mixer, dit.ref_embedder)     # attached to the DiT already
     ref = b.get("reference_latents") if dit.ref_embedder is not None else None
     settings = viva.viva_settings(steps=steps, shift=shift, seed=seed, cfg=cfg, progress=False)

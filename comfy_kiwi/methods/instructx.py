@@ -1,4 +1,20 @@
-"""Long videos (InstructX): edit a video longer than the model's window in overlapping windows.
+"""InstructX: the one entry point of its nodes, command line and trainer evaluation.
+
+InstructX is Kiwi-Edit's model family with another MLLM setting and long videos:
+
+- loading: a release folder as Kiwi-Edit's (``kiwi_edit.load``); the MLLM encoder under the ``INSTRUCTX`` preset
+  (``comfy_kiwi/mllm/config.py``: no reference queries or connector, 13 MLLM frames; a reference image joins the
+  MLLM prompt after the source video and the video queries read both) — ``load``. The nodes and ``edit --window``
+  still load with Kiwi-Edit's loaders (the release's ``mllm_encoder/config.json`` over Kiwi-Edit's defaults, which
+  does not record where a reference goes), so there a reference needs a reference branch;
+- encoding: ``kiwi_edit.encode`` (the encoder's preset decides where a reference goes);
+- sampling: Kiwi-Edit's sampler (``kiwi_edit.sample``: σ-scaled source, reference latents as tokens) on each
+  window of ``edit`` below — the one sampling entry point of the Kiwi Long Video Edit node and
+  ``python -m comfy_kiwi edit --window``; training is the trainer's ``kiwi`` method with
+  ``model.mllm_preset = "instructx"`` (presets ``instructx-align/full/quality``), whose evaluation samples one
+  window through ``kiwi_edit.sample``.
+
+Long videos: edit a video longer than the model's window in overlapping windows.
 
 Windows. ``window`` = 4k+1 frames (81 for Wan: 21 latent frames). Consecutive windows overlap by
 exactly one frame: window j covers prepared source frames ``[j·(window−1), j·(window−1) + window)``.
@@ -23,8 +39,20 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import InputError
-from .pipeline import EditSettings, sample_edit
+from ..errors import InputError
+from ..mllm.config import INSTRUCTX
+from ..pipeline import EditPipeline, EditSettings
+from . import kiwi_edit
+
+PRESET = INSTRUCTX
+
+
+def load(folder, dtype: torch.dtype | None = torch.bfloat16, device=None, attention: str = "auto",
+         dit_device=None, offload: bool | None = None) -> EditPipeline:
+    """An InstructX release folder: ``kiwi_edit.load`` with the MLLM encoder under the InstructX preset (the
+    release's ``mllm_encoder/config.json`` values over it)."""
+    return kiwi_edit.load(folder, dtype=dtype, device=device, attention=attention, dit_device=dit_device,
+                          offload=offload, mllm_preset=PRESET)
 
 
 def window_starts(num_frames: int, window: int) -> list[tuple[int, int]]:
@@ -43,9 +71,8 @@ def window_starts(num_frames: int, window: int) -> list[tuple[int, int]]:
     return out
 
 
-def edit_long_video(pipeline, frames: torch.Tensor, instruction: str, reference=None,
-                    settings: EditSettings | None = None, window: int = 81,
-                    on_window: Callable[[int, int, int], None] | None = None) -> torch.Tensor:
+def edit(pipeline, frames: torch.Tensor, instruction: str, reference=None, settings: EditSettings | None = None,
+         window: int = 81, on_window: Callable[[int, int, int], None] | None = None) -> torch.Tensor:
     """Edit ``frames`` [F, H, W, 3] (0..1) window by window; returns the edited frames [N, H, W, 3].
 
     ``settings.num_frames`` limits how many source frames are used (None = all); frames are prepared
@@ -63,7 +90,8 @@ def edit_long_video(pipeline, frames: torch.Tensor, instruction: str, reference=
         source_frames = original if handover is None else torch.cat([handover[None].to(original), original[1:]])
         cond = pipeline.encode_instruction(instruction, original, reference, with_negative=s.cfg != 1.0)
         source = pipeline.encode_source(source_frames, reference, tiled=s.vae_tiled)
-        out = pipeline.decode(sample_edit(pipeline.dit, cond, source, s, device=pipeline.device), tiled=s.vae_tiled)
+        latents = kiwi_edit.sample(pipeline.dit, cond, source, s, device=pipeline.device)
+        out = pipeline.decode(latents, tiled=s.vae_tiled)
         if out.shape[0] != length:
             raise InputError(f"window {j} decoded to {out.shape[0]} frames instead of {length}; the VAE and "
                              "window length do not fit (windows must be 4k+1 frames).")
