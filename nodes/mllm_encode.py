@@ -12,7 +12,8 @@ from .common import CATEGORY_CONDITIONING, KIWI_CONDITIONING, KIWI_MLLM, as_fram
 class KiwiMLLMEncode:
     DESCRIPTION = ("Encode the editing instruction together with the source frames (and an optional reference "
                    "image) with the Qwen2.5-VL encoder: one frame uses the image queries, a video the video "
-                   "queries, a reference the reference queries (needs a release trained with references). "
+                   "queries, a reference the reference queries (needs a release trained with references; an InstructX "
+                   "release puts the reference into the prompt and its video queries read it). "
                    "Optionally also encodes the empty instruction as the negative for CFG.")
     CATEGORY = CATEGORY_CONDITIONING
     FUNCTION = "encode"
@@ -41,10 +42,11 @@ class KiwiMLLMEncode:
             raise errors.InputError("the instruction is empty: describe the edit, e.g. 'Make the sky a sunset'.")
         frames = as_frames(source, "source")
         ref = None if reference is None else single_image(reference, "reference")
-        if ref is not None and not mllm.config.has_reference:
+        if ref is not None and not mllm.config.accepts_reference:
             raise errors.InputError(
                 "this MLLM encoder has no reference branch (an instruction-only release): disconnect the reference "
-                "image, or load a release trained with references (reference-only or instruct-reference).")
+                "image, or load a release trained with references (reference-only, instruct-reference, or an "
+                "InstructX release: its mllm_encoder/config.json says \"reference_without_branch\": \"video\").")
         from comfy_kiwi import pipeline
         from comfy_kiwi.methods import kiwi_edit
         with placement.on_device(mllm) as device:

@@ -4,8 +4,8 @@ and parity with the stock transformers forward (tiny random Qwen2.5-VL, CPU, fp3
 import pytest
 import torch
 
-from comfy_kiwi.errors import InputError
-from comfy_kiwi.mllm.config import INSTRUCTX, KIWI_EDIT, REFERENCE_SUFFIX, get_preset
+from comfy_kiwi.errors import CheckpointError, InputError
+from comfy_kiwi.mllm.config import INSTRUCTX, KIWI_EDIT, REFERENCE_SUFFIX, MLLMEncoderConfig, get_preset
 from comfy_kiwi.mllm.encoder import MLLMEncoder, reference_token_span, release_rope_index
 from comfy_kiwi.mllm.loader import load_mllm_encoder
 from comfy_kiwi.mllm.preprocess import (VisionSettings, normalize, patchify, select_frame_indices,
@@ -206,6 +206,30 @@ def test_reference_suffix_and_instructx_preset():
     no_ref = MLLMEncoder(ix.model, ix.processor, ix.config.replace(reference_without_branch="none"))
     with pytest.raises(InputError, match="no reference branch"):
         no_ref.encode("make it red", frames(3), frames(1))
+
+
+def test_release_config_json_records_the_instructx_preset():
+    """A release's mllm_encoder/config.json keeps where a reference goes without a reference branch: an InstructX file
+    reads back as INSTRUCTX under Kiwi-Edit's defaults; a Kiwi-Edit file is written as the release writes it (no new
+    key) and a file without the key keeps the preset's value. Mutation tried: not writing reference_without_branch →
+    the InstructX round trip reads "none" and refuses references."""
+    written = INSTRUCTX.to_release_json()
+    assert written["reference_without_branch"] == "video" and written["num_ref_queries"] == 0
+    back = MLLMEncoderConfig.from_release_json(written)                  # over KIWI_EDIT
+    assert back.replace(use_ref_connector=False) == INSTRUCTX and back.accepts_reference and not back.has_reference
+    kiwi = KIWI_EDIT.to_release_json()
+    assert "reference_without_branch" not in kiwi and MLLMEncoderConfig.from_release_json(kiwi) == KIWI_EDIT
+    instruct_only = KIWI_EDIT.replace(num_ref_queries=0, use_ref_connector=False)
+    assert "reference_without_branch" not in instruct_only.to_release_json()
+    old = {k: v for k, v in written.items() if k != "reference_without_branch"}          # an export before the key
+    assert not MLLMEncoderConfig.from_release_json(old).accepts_reference
+    assert MLLMEncoderConfig.from_release_json(old, INSTRUCTX).reference_without_branch == "video"
+    assert MLLMEncoderConfig.from_release_json({**old, "reference_without_branch": "none"}, INSTRUCTX) \
+        .reference_without_branch == "none"                                              # the file wins
+    with pytest.raises(CheckpointError, match="reference_without_branch is 'video'.*num_ref_queries is 768"):
+        MLLMEncoderConfig.from_release_json({**kiwi, "reference_without_branch": "video"})
+    with pytest.raises(CheckpointError, match="must be \"none\" or \"video\""):
+        MLLMEncoderConfig.from_release_json({**written, "reference_without_branch": "prompt"})
 
 
 def instructx_encoder():

@@ -4,9 +4,10 @@ InstructX is Kiwi-Edit's model family with another MLLM setting and long videos:
 
 - loading: a release folder as Kiwi-Edit's (``kiwi_edit.load``); the MLLM encoder under the ``INSTRUCTX`` preset
   (``comfy_kiwi/mllm/config.py``: no reference queries or connector, 13 MLLM frames; a reference image joins the
-  MLLM prompt after the source video and the video queries read both) — ``load``. The nodes and ``edit --window``
-  still load with Kiwi-Edit's loaders (the release's ``mllm_encoder/config.json`` over Kiwi-Edit's defaults, which
-  does not record where a reference goes), so there a reference needs a reference branch;
+  MLLM prompt after the source video and the video queries read both) — ``load``. The nodes and ``edit`` load with
+  Kiwi-Edit's loaders: the release's ``mllm_encoder/config.json`` over Kiwi-Edit's defaults. The trainer's export of
+  an InstructX run records ``"reference_without_branch": "video"`` there, so those loaders give the same encoder
+  and take a reference; ``load`` also reads a file without the key (an older export) as InstructX;
 - encoding: ``kiwi_edit.encode`` (the encoder's preset decides where a reference goes);
 - sampling: Kiwi-Edit's sampler (``kiwi_edit.sample``: σ-scaled source, reference latents as tokens) on each
   window of ``edit`` below — the one sampling entry point of the Kiwi Long Video Edit node and

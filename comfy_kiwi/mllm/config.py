@@ -3,7 +3,9 @@
 The defaults are the released Kiwi-Edit values (``KIWI_EDIT``); ``INSTRUCTX`` is the same family
 without the reference branch (a reference image only joins the prompt) and with 13 MLLM frames. A
 Kiwi release stores a subset of these in ``mllm_encoder/config.json``;
-:meth:`MLLMEncoderConfig.from_release_json` / :meth:`to_release_json` read and write exactly those keys.
+:meth:`MLLMEncoderConfig.from_release_json` / :meth:`to_release_json` read and write exactly those keys, plus
+``reference_without_branch`` for an encoder without a reference branch when it is not Kiwi-Edit's "none" (an InstructX
+export records "video"); a file without the key, as every Kiwi-Edit release, keeps the preset's value.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ class MLLMEncoderConfig:
         """True when the encoder has a reference branch (ref queries + ref connector)."""
         return self.use_ref_connector and self.num_ref_queries > 0
 
+    @property
+    def accepts_reference(self) -> bool:
+        """True when a reference image can be encoded: through the reference branch, or (InstructX) in the prompt."""
+        return self.has_reference or self.reference_without_branch != "none"
+
     def replace(self, **changes) -> MLLMEncoderConfig:
         return dataclasses.replace(self, **changes)
 
@@ -84,6 +91,14 @@ class MLLMEncoderConfig:
             raise CheckpointError(f"{source}: expected a JSON object, got {type(data).__name__}.")
         base = base or KIWI_EDIT
         changes = {k: data[k] for k in _RELEASE_KEYS if k in data}
+        if "reference_without_branch" in data:
+            changes["reference_without_branch"] = data["reference_without_branch"]
+            if data["reference_without_branch"] != "none" and data.get("num_ref_queries", 0):
+                raise CheckpointError(
+                    f"{source}: reference_without_branch is {data['reference_without_branch']!r} (a reference joins "
+                    f"the prompt of an encoder without a reference branch) but num_ref_queries is "
+                    f"{data['num_ref_queries']} (a reference branch); an InstructX encoder has num_ref_queries 0, a "
+                    "Kiwi-Edit one has no reference_without_branch key.")
         if "max_object_token" in data:
             changes["ref_max_pixels"] = 28 * 28 * int(data["max_object_token"])
         try:
@@ -95,6 +110,9 @@ class MLLMEncoderConfig:
         out = {"_class_name": "MLLMEncoder", "mllm_model_path": "."}
         out.update({k: getattr(self, k) for k in _RELEASE_KEYS})
         out["max_object_token"] = self.ref_max_pixels // (28 * 28)
+        # InstructX only (it matters without a reference branch); Kiwi-Edit files stay as the release writes them
+        if self.reference_without_branch != "none" and not self.has_reference:
+            out["reference_without_branch"] = self.reference_without_branch
         return out
 
 

@@ -47,8 +47,9 @@ def num_queries_for(mode: str, cfg: MLLMEncoderConfig) -> int:
         if cfg.reference_without_branch == "video":      # InstructX: the video queries read source + reference
             return cfg.num_video_queries
         raise InputError(f"the {cfg.name} MLLM encoder has no reference branch (no reference queries or "
-                         "reference connector); remove the reference image or load a Kiwi-Edit "
-                         "reference model.")
+                         "reference connector); remove the reference image, or load a Kiwi-Edit reference model "
+                         "or an InstructX release (mllm_encoder/config.json: \"reference_without_branch\": "
+                         "\"video\").")
     raise InputError(f"unknown MLLM mode {mode!r}; expected one of {', '.join(MODES)}.")
 
 
