@@ -1,6 +1,7 @@
 """InstructX through its one entry point (``methods.instructx``): the Kiwi Long Video Edit node and
 `python -m comfy_kiwi edit --window` sample every window with identical latents, and the trainer's evaluation of the
-first window (the ``kiwi`` method, which InstructX presets train) gives that window's latents too."""
+first window (the ``kiwi`` method, which InstructX presets train) gives that window's latents too. An InstructX run
+exported as a release edits with a reference alike through the nodes and `edit` (the preset read from its files)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from comfy_kiwi.methods import instructx, kiwi_edit
 from comfy_kiwi.video_io import read_video, write_video
 
 from test_imvideoedit_nodes import run
-from test_method_parity import INSTRUCTION, SEED, SHIFT, STEPS, models
+from test_method_parity import INSTRUCTION, SEED, SHIFT, STEPS, models, video  # noqa: F401  (fixture)
 from test_viva_rvedit_nodes import RELEASE, env  # noqa: F401  (the module fixture: tiny models + weights)
 
 WINDOW = 5
@@ -68,3 +69,52 @@ def test_instructx_load_reads_the_release_under_the_instructx_preset(tmp_path):
     ix = instructx.load(root, dtype=torch.float32, device="cpu").mllm.config
     assert (kiwi.reference_without_branch, ix.reference_without_branch) == ("none", "video")
     assert not ix.has_reference and ix.max_frames == kiwi.max_frames        # the release's own values win
+
+
+def test_an_instructx_export_edits_with_a_reference_alike_in_cli_and_nodes(env, video, tmp_path):  # noqa: F811
+    """A tiny instructx-full run exported as a release records the InstructX encoder setting in
+    ``mllm_encoder/config.json``; the release loader node and ``edit`` (both Kiwi-Edit's loaders, no preset given)
+    read it, take a reference (it joins the MLLM prompt; its latents join the DiT) and sample identical latents.
+    Mutations tried: not writing ``reference_without_branch`` in ``to_release_json`` → the export lacks it and the
+    encoder refuses references; the MLLM Encode node checking ``has_reference`` again → it refuses the reference."""
+    import json
+
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from comfy_kiwi.frames import load_image
+    from trainer.__main__ import main as trainer_main
+    from trainer.config import load_config
+    from trainer.loop import train
+    from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models
+    root = tmp_path / "run"
+    toml = tiny_preset("instructx-full", root, write_kiwi_models(root / "models"), write_kiwi_data(root / "data", 2),
+                       schedule={"max_steps": 1, "grad_accum": 0})
+    cfg = load_config(toml)
+    train(cfg, log=lambda *a: None)
+    release = models() / "kiwi" / "instructx-tiny-export"
+    assert trainer_main(["export", "--config", str(toml), "--to", "release", "--out", str(release),
+                         "--weights", str(cfg.output_dir / "kiwi.safetensors")]) == 0
+    written = json.loads((release / "mllm_encoder" / "config.json").read_text())
+    assert written["reference_without_branch"] == "video" and written["num_ref_queries"] == 0
+
+    c = env["classes"]
+    path, frames = video
+    image = tmp_path / "reference.png"
+    pixels = torch.rand(48, 40, 3, generator=torch.Generator().manual_seed(2))
+    Image.fromarray((pixels * 255).byte().numpy()).save(image)
+    reference = load_image(image)
+    dit, vae, mllm = run(c, "KiwiReleaseLoader", release.name, "fp32", "cpu", "sdpa")
+    assert mllm.config.accepts_reference and not mllm.config.has_reference
+    (cond,) = run(c, "KiwiMLLMEncode", mllm, frames, INSTRUCTION, False, reference)
+    (plain,) = run(c, "KiwiMLLMEncode", mllm, frames, INSTRUCTION, False)
+    assert not torch.equal(cond.context, plain.context)                  # the reference reached the context
+    (src,) = run(c, "KiwiEncodeSource", vae, frames, "model default", False, reference)
+    assert src.reference_latents is not None
+    (nodes,) = run(c, "KiwiSampler", dit, cond, src, SEED, STEPS, SHIFT, 1.0, 1.0, "kiwi", 0)
+    out = tmp_path / "latents.safetensors"
+    assert main(["edit", "--model", str(release), "--video", str(path), "--reference", str(image), "--instruction",
+                 INSTRUCTION, "--out", str(tmp_path / "out.mp4"), "--steps", str(STEPS), "--seed", str(SEED),
+                 "--shift", str(SHIFT), "--device", "cpu", "--dtype", "fp32", "--attention", "sdpa",
+                 "--save-latents", str(out)]) == 0
+    assert torch.equal(nodes, load_file(str(out))["latents"])
