@@ -71,7 +71,32 @@ def test_instructx_load_reads_the_release_under_the_instructx_preset(tmp_path):
     assert not ix.has_reference and ix.max_frames == kiwi.max_frames        # the release's own values win
 
 
-def test_an_instructx_export_edits_with_a_reference_alike_in_cli_and_nodes(env, video, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def instructx_run(env, tmp_path_factory):  # noqa: F811
+    """A tiny instructx-full run (one step), exported as a release into the nodes' models folder, and a reference."""
+    from PIL import Image
+
+    from trainer.__main__ import main as trainer_main
+    from trainer.config import load_config
+    from trainer.loop import train
+    from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models
+    root = tmp_path_factory.mktemp("instructx_run")
+    base = write_kiwi_models(root / "models")
+    toml = tiny_preset("instructx-full", root, base, write_kiwi_data(root / "data", 2),
+                       schedule={"max_steps": 1, "grad_accum": 0})
+    cfg = load_config(toml)
+    train(cfg, log=lambda *a: None)
+    release = models() / "kiwi" / "instructx-tiny-export"
+    assert trainer_main(["export", "--config", str(toml), "--to", "release", "--out", str(release),
+                         "--weights", str(cfg.output_dir / "kiwi.safetensors")]) == 0
+    image = root / "reference.png"
+    pixels = torch.rand(48, 40, 3, generator=torch.Generator().manual_seed(2))
+    Image.fromarray((pixels * 255).byte().numpy()).save(image)
+    return {"toml": toml, "cfg": cfg, "qwen": base["mllm"], "release": release, "image": image}
+
+
+def test_an_instructx_export_edits_with_a_reference_alike_in_cli_and_nodes(env, video, instructx_run,  # noqa: F811
+                                                                            tmp_path):
     """A tiny instructx-full run exported as a release records the InstructX encoder setting in
     ``mllm_encoder/config.json``; the release loader node and ``edit`` (both Kiwi-Edit's loaders, no preset given)
     read it, take a reference (it joins the MLLM prompt; its latents join the DiT) and sample identical latents.
@@ -79,30 +104,15 @@ def test_an_instructx_export_edits_with_a_reference_alike_in_cli_and_nodes(env, 
     encoder refuses references; the MLLM Encode node checking ``has_reference`` again → it refuses the reference."""
     import json
 
-    from PIL import Image
     from safetensors.torch import load_file
 
     from comfy_kiwi.frames import load_image
-    from trainer.__main__ import main as trainer_main
-    from trainer.config import load_config
-    from trainer.loop import train
-    from trainer_fixtures import tiny_preset, write_kiwi_data, write_kiwi_models
-    root = tmp_path / "run"
-    toml = tiny_preset("instructx-full", root, write_kiwi_models(root / "models"), write_kiwi_data(root / "data", 2),
-                       schedule={"max_steps": 1, "grad_accum": 0})
-    cfg = load_config(toml)
-    train(cfg, log=lambda *a: None)
-    release = models() / "kiwi" / "instructx-tiny-export"
-    assert trainer_main(["export", "--config", str(toml), "--to", "release", "--out", str(release),
-                         "--weights", str(cfg.output_dir / "kiwi.safetensors")]) == 0
+    release, image = instructx_run["release"], instructx_run["image"]
     written = json.loads((release / "mllm_encoder" / "config.json").read_text())
     assert written["reference_without_branch"] == "video" and written["num_ref_queries"] == 0
 
     c = env["classes"]
     path, frames = video
-    image = tmp_path / "reference.png"
-    pixels = torch.rand(48, 40, 3, generator=torch.Generator().manual_seed(2))
-    Image.fromarray((pixels * 255).byte().numpy()).save(image)
     reference = load_image(image)
     dit, vae, mllm = run(c, "KiwiReleaseLoader", release.name, "fp32", "cpu", "sdpa")
     assert mllm.config.accepts_reference and not mllm.config.has_reference
@@ -118,3 +128,29 @@ def test_an_instructx_export_edits_with_a_reference_alike_in_cli_and_nodes(env, 
                  "--shift", str(SHIFT), "--device", "cpu", "--dtype", "fp32", "--attention", "sdpa",
                  "--save-latents", str(out)]) == 0
     assert torch.equal(nodes, load_file(str(out))["latents"])
+
+
+def test_an_instructx_training_checkpoint_records_where_a_reference_goes(video, instructx_run, tmp_path):  # noqa: F811
+    """The run's kiwi.safetensors (and ``export --to kiwi``) record the setting in their metadata, so the MLLM loader's
+    stock Qwen + training checkpoint path takes a reference as the exported release does. Mutation tried: not
+    reading the metadata in the loader → Kiwi-Edit's defaults build an untrained reference branch (shape
+    mismatch); not writing it in ``export --to kiwi`` → the metadata check fails."""
+    from safetensors import safe_open
+
+    from comfy_kiwi.frames import load_image
+    from comfy_kiwi.mllm.loader import load_mllm_encoder
+    from trainer.__main__ import main as trainer_main
+    cfg, reference = instructx_run["cfg"], load_image(instructx_run["image"])
+    exported = tmp_path / "kiwi-export.safetensors"
+    assert trainer_main(["export", "--config", str(instructx_run["toml"]), "--to", "kiwi", "--out", str(exported),
+                         "--weights", str(cfg.output_dir / "kiwi.safetensors")]) == 0
+    frames = video[1]
+    release = load_mllm_encoder(instructx_run["release"], dtype=torch.float32)
+    with torch.no_grad():
+        want = release.encode(INSTRUCTION, frames, reference)
+    for checkpoint in (cfg.output_dir / "kiwi.safetensors", exported):
+        with safe_open(str(checkpoint), "pt") as f:
+            assert f.metadata()["reference_without_branch"] == "video"
+        encoder = load_mllm_encoder(checkpoint, base=instructx_run["qwen"], dtype=torch.float32)
+        with torch.no_grad():
+            assert torch.allclose(encoder.encode(INSTRUCTION, frames, reference), want, atol=1e-5, rtol=1e-4)

@@ -59,6 +59,12 @@ def load_trained(cfg, weights=None):
     return method, module
 
 
+def _mllm_metadata(cfg) -> dict:
+    """What a run's ``kiwi.safetensors`` records about its MLLM encoder (InstructX: where a reference goes)."""
+    from .methods import get_method
+    return get_method("kiwi")(cfg).mllm_metadata() if cfg.method.name == "kiwi" else {}
+
+
 def _save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -136,7 +142,7 @@ def export(cfg, to: str, out, weights=None, keep_dit_lora: bool = False) -> Path
         kiwi = {k: v for k, v in state.items() if not k.startswith("dit_lora.")}
         if not kiwi:
             raise InputError("the run trained only a DiT LoRA; export it with --to comfyui-lora.")
-        _save(kiwi, out, {"format": "pt"})
+        _save(kiwi, out, {"format": "pt", **_mllm_metadata(cfg)})
         return out
     _, module = load_trained(cfg, weights)
     if module.adapter is None:

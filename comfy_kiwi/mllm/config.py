@@ -110,10 +110,16 @@ class MLLMEncoderConfig:
         out = {"_class_name": "MLLMEncoder", "mllm_model_path": "."}
         out.update({k: getattr(self, k) for k in _RELEASE_KEYS})
         out["max_object_token"] = self.ref_max_pixels // (28 * 28)
-        # InstructX only (it matters without a reference branch); Kiwi-Edit files stay as the release writes them
-        if self.reference_without_branch != "none" and not self.has_reference:
-            out["reference_without_branch"] = self.reference_without_branch
+        out.update(self.reference_setting())
         return out
+
+    def reference_setting(self) -> dict:
+        """What a saved encoder records about a reference beyond the release keys: ``{"reference_without_branch":
+        "video"}`` for an encoder without a reference branch that still takes one (InstructX), else ``{}``, so
+        Kiwi-Edit files stay as the release writes them."""
+        if self.reference_without_branch != "none" and not self.has_reference:
+            return {"reference_without_branch": self.reference_without_branch}
+        return {}
 
 
 KIWI_EDIT = MLLMEncoderConfig()

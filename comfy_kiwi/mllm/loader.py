@@ -322,6 +322,11 @@ def _load_base(folder: Path, checkpoint: Path | None, cfg: MLLMEncoderConfig, dt
     if checkpoint is not None:
         extras, lora = split_training_checkpoint(open_state_dict(checkpoint), str(checkpoint))
         cfg = _config_from_extras(cfg, extras, hidden, str(checkpoint))
+        if "reference_without_branch" in extras.metadata:
+            # the trainer records it for an encoder without a reference branch (InstructX): no reference queries
+            recorded = {"reference_without_branch": extras.metadata["reference_without_branch"],
+                        "num_ref_queries": cfg.num_ref_queries if "ref_queries" in extras else 0}
+            cfg = MLLMEncoderConfig.from_release_json(recorded, cfg, f"{checkpoint} (metadata)")
     else:
         cfg = cfg.replace(hidden_size=hidden)
     processor = load_processor(folder, qwen_config, cfg.placeholder_token, f"Qwen folder {folder}")

@@ -156,6 +156,11 @@ class KiwiMethod(TrainingMethod):
         cap = self.options.mllm_max_pixels_per_frame
         return get_preset(self.cfg.model.mllm_preset).replace(max_pixels_per_frame=cap or None)
 
+    def mllm_metadata(self) -> dict:
+        """The encoder setting a training checkpoint records for the MLLM loader (InstructX: where a reference goes)."""
+        from comfy_kiwi.mllm.loader import encoder_config_of
+        return encoder_config_of(self.cfg.model.mllm, self._mllm_config()).reference_setting()
+
     def _mllm_frames(self) -> int:
         """Frames the MLLM sees: a release folder's own setting, else the preset's."""
         from comfy_kiwi.mllm.loader import encoder_config_of
@@ -305,7 +310,7 @@ class KiwiMethod(TrainingMethod):
             out.append(Path(output_dir) / "kiwi.safetensors")
             # num_heads: the DiT loader cannot always infer it from the width (custom widths)
             meta = {"format": "pt", "kiwi_trainable": ",".join(self.trainable),
-                    "num_heads": str(module.dit.config.num_heads)}
+                    "num_heads": str(module.dit.config.num_heads), **self.mllm_metadata()}
             save_file(kiwi, str(out[-1]), metadata=meta)
         if module.adapter is not None:
             out.append(Path(output_dir) / "kiwi-dit-lora.safetensors")
