@@ -154,3 +154,30 @@ def test_an_instructx_training_checkpoint_records_where_a_reference_goes(video, 
         encoder = load_mllm_encoder(checkpoint, base=instructx_run["qwen"], dtype=torch.float32)
         with torch.no_grad():
             assert torch.allclose(encoder.encode(INSTRUCTION, frames, reference), want, atol=1e-5, rtol=1e-4)
+
+
+def test_an_instructx_export_edits_a_long_video_with_a_reference_alike(env, instructx_run, window_latents,  # noqa: F811
+                                                                       tmp_path):
+    """The exported InstructX release through the Kiwi Long Video Edit node and ``edit --window``, with a reference:
+    every window's latents are identical, and the reference changes them. Mutation tried: ``edit --window`` dropping
+    the reference → the window latents differ from the node's."""
+    from comfy_kiwi.frames import load_image
+    c, release, image = env["classes"], instructx_run["release"], instructx_run["image"]
+    path = tmp_path / "long.mp4"
+    write_video(path, torch.cat([env["frames"], env["frames"].flip(0)[1:]]), fps=8)     # 9 frames: two windows
+    frames, _ = read_video(path)
+    dit, vae, mllm = run(c, "KiwiReleaseLoader", release.name, "fp32", "cpu", "sdpa")
+    args = (dit, vae, mllm, frames, INSTRUCTION, WINDOW, 921600, SEED, STEPS, SHIFT, 1.0, "kiwi")
+    run(c, "KiwiLongVideoEdit", *args)
+    plain = list(window_latents)
+    window_latents.clear()
+    run(c, "KiwiLongVideoEdit", *args, load_image(image))
+    nodes = list(window_latents)
+    window_latents.clear()
+    assert main(["edit", "--model", str(release), "--video", str(path), "--reference", str(image), "--instruction",
+                 INSTRUCTION, "--out", str(tmp_path / "out.mp4"), "--steps", str(STEPS), "--seed", str(SEED),
+                 "--shift", str(SHIFT), "--device", "cpu", "--dtype", "fp32", "--attention", "sdpa",
+                 "--frames", "0", "--window", str(WINDOW)]) == 0
+    assert len(nodes) == len(window_latents) == 2
+    assert all(torch.equal(a, b) for a, b in zip(nodes, window_latents))
+    assert not any(torch.equal(a, b) for a, b in zip(nodes, plain))
