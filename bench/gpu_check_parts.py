@@ -364,7 +364,7 @@ def fp8(run):
 def lora_train(run):
     """One 5B DiT-LoRA training step (480p, 81 frames, gradient checkpointing, cached context, bf16 autocast,
     reference encoded by the resident VAE) under a 24 GiB cap, against ``python -m trainer memory``."""
-    from comfy_kiwi.training.dit_lora_train import DiTLoraAdapter
+    from comfy_kiwi.training_lib.dit_lora_train import DiTLoraAdapter
     from trainer.memory import CUDA_OVERHEAD_GIB, estimate_kiwi_lora
     w, h, f = M.FULL.train_size
     est = estimate_kiwi_lora("wan2.2-ti2v-5b", h, w, f)

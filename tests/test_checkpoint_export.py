@@ -4,7 +4,7 @@ import torch
 from comfy_kiwi.errors import CheckpointError, InputError
 from comfy_kiwi.models.dit_lora import loras_applied, parse_lora
 from comfy_kiwi.testing.tiny_dit import random_inputs, tiny_dit
-from comfy_kiwi.training.checkpoint_export import (
+from comfy_kiwi.training_lib.checkpoint_export import (
     dit_lora_to_comfyui, from_kiwi_training_keys, to_kiwi_training_keys,
 )
 

@@ -59,7 +59,7 @@ def test_grpo_updates_raise_a_toy_reward_on_average():
 
 def test_kl_is_zero_while_the_lora_is_zero_and_positive_after():
     from comfy_kiwi.testing import tiny_dit
-    from comfy_kiwi.training.dit_lora_train import DiTLoraAdapter
+    from comfy_kiwi.training_lib.dit_lora_train import DiTLoraAdapter
     dit = tiny_dit.tiny_dit("2.1", seed=2).requires_grad_(False)
     inp = tiny_dit.random_inputs(dit, frames=1, height=4, width=4)
     adapter = DiTLoraAdapter(dit, rank=4, alpha=8.0, targets=fg.LORA_TARGETS)

@@ -3,7 +3,7 @@ import torch
 
 from comfy_kiwi.errors import InputError
 from comfy_kiwi.sampling.schedule import training_sigmas
-from comfy_kiwi.training.kiwi_numerics import (
+from comfy_kiwi.training_lib.kiwi_numerics import (
     MixSchedule, constant_lr_warmup, kiwi_loss, loss_weights, noisy_and_target,
     sample_timestep_ids, timestep_and_sigma, weight_for_timestep,
 )

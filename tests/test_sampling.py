@@ -123,7 +123,7 @@ def test_sigma_to_timestep_is_the_one_rule_rounded_to_the_model_dtype():
 
 def test_no_other_place_turns_sigma_into_a_timestep():
     """Every sampler and trainer goes through ``sigma_to_timestep`` (issue 20: it was written in 8 places with
-    3 rounding behaviours). The Kiwi release's training draws (``training/kiwi_numerics.py``) are their own
+    3 rounding behaviours). The Kiwi release's training draws (``training_lib/kiwi_numerics.py``) are their own
     documented rule."""
     import re
     from pathlib import Path

@@ -60,7 +60,7 @@ def test_toy_video_files_are_lossless(tmp_path):
 def test_trainer_kiwi_loss_and_gradients_equal_the_toy_driver(tmp_path):
     from comfy_kiwi.toy.data import prepare_samples
     from comfy_kiwi.toy.train import ToyModels, training_loss
-    from comfy_kiwi.training import kiwi_numerics as kn
+    from comfy_kiwi.training_lib import kiwi_numerics as kn
     from trainer.config import load_config
     from trainer.data.cache import CachedDataset, build_cache
     from trainer.data.datasets import read_records

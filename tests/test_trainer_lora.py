@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from comfy_kiwi.models.dit_lora import DiTHandle, load_dit_lora
 from comfy_kiwi.testing.tiny_dit import random_inputs
 from comfy_kiwi.testing.tiny_release import tiny_kiwi_dit
-from comfy_kiwi.training.block_swap_training import TrainingBlockSwap
-from comfy_kiwi.training.dit_lora_train import DEFAULT_TARGETS, DiTLoraAdapter
+from comfy_kiwi.training_lib.block_swap_training import TrainingBlockSwap
+from comfy_kiwi.training_lib.dit_lora_train import DEFAULT_TARGETS, DiTLoraAdapter
 from trainer_fixtures import one_thread  # noqa: F401 (fixture)
 from trainer.memory import estimate_kiwi_lora, format_kiwi_lora, lora_params
 

@@ -41,7 +41,7 @@ def env(tmp_path_factory):
     # an Edit-GRPO LoRA as the trainer writes it (ComfyUI keys, VIVA's self/cross-attention targets)
     from safetensors.torch import save_file
     from comfy_kiwi.methods.flow_grpo import LORA_TARGETS
-    from comfy_kiwi.training.dit_lora_train import DiTLoraAdapter
+    from comfy_kiwi.training_lib.dit_lora_train import DiTLoraAdapter
     adapter = DiTLoraAdapter(dit, 4, 8.0, LORA_TARGETS)
     with torch.no_grad():
         for pair in adapter.pairs:

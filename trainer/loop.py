@@ -39,7 +39,7 @@ def warmup_then_constant(warmup_steps: int):
 
 def lr_lambda(schedule):
     """The LR multiplier per optimiser step for ``schedule.lr_schedule`` (× the ``decay_share`` tail)."""
-    from comfy_kiwi.training.kiwi_numerics import constant_lr_warmup, linear_tail
+    from comfy_kiwi.training_lib.kiwi_numerics import constant_lr_warmup, linear_tail
     # kiwi_constant: torch ConstantLR defaults, 1/3 for steps 0..4, then 1
     head = constant_lr_warmup if schedule.lr_schedule == "kiwi_constant" else warmup_then_constant(schedule.warmup_steps)
     if not schedule.decay_share:

@@ -154,7 +154,7 @@ def lora_params(model: str = "wan2.2-ti2v-5b", rank: int = 32, targets=None) -> 
     """Parameters of a DiT LoRA on ``targets`` of every block (default: self/cross-attention q/k/v/o, FFN)."""
     from comfy_kiwi.models.wan_config import PRESETS
     from comfy_kiwi.models.wan_dit import WanBlock
-    from comfy_kiwi.training.dit_lora_train import DEFAULT_TARGETS
+    from comfy_kiwi.training_lib.dit_lora_train import DEFAULT_TARGETS
     cfg = PRESETS[model]
     with torch.device("meta"):
         block = dict(WanBlock(cfg).named_modules())

@@ -146,7 +146,7 @@ def trained_mllm(encoder, path):
 
     from ..loading.files import open_state_dict
     from ..mllm.lora import merge_lora_tensors
-    from ..training.checkpoint_export import from_kiwi_training_keys
+    from ..training_lib.checkpoint_export import from_kiwi_training_keys
     state = open_state_dict(Path(path))
     keys = [k for k in state if k.startswith("mllm.")]
     if not keys:

@@ -90,7 +90,7 @@ def lora_training_peak(config, frames: int, height: int, width: int, context: in
     gradients are included (they are counted apart in the estimate; at test widths they are tiny).
     ``rank=None``: no LoRA; the patch embedding trains instead, so the gradient crosses every frozen block
     (the blocks' own backward sets, as under a method that trains modules beside the DiT)."""
-    from ..training.dit_lora_train import DiTLoraAdapter
+    from ..training_lib.dit_lora_train import DiTLoraAdapter
     dit = _dit(config, torch.bfloat16, device)
     adapter = None
     if rank is None:

@@ -3,7 +3,7 @@ files, caches or a process per stage — fast enough for the benchmark's ablatio
 trained by the project's trainer (``trainer/presets/toy-kiwi-stage{1,2,3}.toml``); tests/test_toy_trainer.py
 checks that this driver's loss and gradients equal the trainer's on the same batch and draws.
 
-Numerics are the project's Kiwi-Edit training functions (``comfy_kiwi.training.kiwi_numerics``):
+Numerics are the project's Kiwi-Edit training functions (``comfy_kiwi.training_lib.kiwi_numerics``):
 timestep ids uniform over the shifted 1000-step schedule, bf16-rounded t and its σ, x_t = (1−σ)x0 + σε,
 target ε − x0, Gaussian loss weights, AdamW (wd 0.01), ConstantLR warm-up; datasets interleaved by
 ``MixSchedule`` with gradient accumulation = number of datasets (one micro-batch per dataset per step,
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError
-from ..training.kiwi_numerics import (MixSchedule, constant_lr_warmup, kiwi_loss, linear_tail, noisy_and_target,
-                                      sample_timestep_ids, timestep_and_sigma, weight_for_timestep)
+from ..training_lib.kiwi_numerics import (MixSchedule, constant_lr_warmup, kiwi_loss, linear_tail, noisy_and_target,
+                                          sample_timestep_ids, timestep_and_sigma, weight_for_timestep)
 from .data import DATASETS, dataset_examples, encode_contexts, prepare_samples, stack
 from .models import ToyModelConfig, build_toy_dit, build_toy_mllm
 from .source_modes import check_source_mode, dit_velocity, prepare_dit

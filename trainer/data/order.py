@@ -50,7 +50,7 @@ class BatchOrder:
 
 
 class MixedOrder:
-    """Several datasets interleaved by :class:`comfy_kiwi.training.kiwi_numerics.MixSchedule`.
+    """Several datasets interleaved by :class:`comfy_kiwi.training_lib.kiwi_numerics.MixSchedule`.
 
     Micro-batch ``position`` p comes from dataset d(p) (round robin in dataset order by default, the
     released MixDataloader; smooth weighted round robin with ``weights``), and is that dataset's own
@@ -59,7 +59,7 @@ class MixedOrder:
     """
 
     def __init__(self, orders: list[BatchOrder], weights=None):
-        from comfy_kiwi.training.kiwi_numerics import MixSchedule
+        from comfy_kiwi.training_lib.kiwi_numerics import MixSchedule
         self.orders = list(orders)
         k = len(self.orders)
         schedule = MixSchedule([1] * k, weights, epochs=10 ** 15)   # only the dataset sequence is used

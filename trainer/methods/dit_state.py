@@ -29,7 +29,7 @@ def save_dit(path: Path, dit, exclude: tuple[str, ...] = ()) -> Path:
              if not (exclude and k.startswith(exclude))}
     if any(k.startswith(("source_embedder.", "ref_embedder.")) for k in state):
         # a Kiwi DiT (e.g. RVEDiT on a release): Kiwi training-checkpoint names, which the DiT loader reads
-        from comfy_kiwi.training.checkpoint_export import to_kiwi_training_keys
+        from comfy_kiwi.training_lib.checkpoint_export import to_kiwi_training_keys
         state = to_kiwi_training_keys({"dit": state})
     save_file(state, str(path),
               metadata={"format": "pt", "num_heads": str(dit.config.num_heads)})

@@ -215,7 +215,7 @@ class EditGRPOMethod(VivaMethod):
         return models
 
     def build(self, models: dict) -> EditGRPOModule:
-        from comfy_kiwi.training.dit_lora_train import DiTLoraAdapter
+        from comfy_kiwi.training_lib.dit_lora_train import DiTLoraAdapter
         o, dit = self.options, models["dit"]
         if o.viva_weights:
             refiner = viva.load_viva(o.viva_weights, dit)

@@ -4,7 +4,7 @@ a Wan DiT with σ-scaled source latents and reference tokens, trained with the r
 Source scale: the release's fixed σ by default; ``source_scale = "gamma"`` trains the paper's γ(t)
 (``comfy_kiwi.models.conditioning.SourceGamma``, saved as ``vae_condition.gamma.table``).
 
-Numerics (comfy_kiwi.training.kiwi_numerics): timestep id uniform over the 1000-step shifted schedule,
+Numerics (comfy_kiwi.training_lib.kiwi_numerics): timestep id uniform over the 1000-step shifted schedule,
 t rounded to bf16 and σ the schedule entry nearest to it, x_t = (1−σ)x0 + σε, target ε − x0, loss
 mse · w(t) with the Gaussian weights. Reference augmentation: each step the reference is shrunk by a
 scale drawn from ``reference_scale`` (U(0.7, 1.0)), padded onto a white canvas of the video's size and
@@ -29,8 +29,8 @@ import torch
 
 from comfy_kiwi.dtypes import parse_dtype
 from comfy_kiwi.errors import InputError
-from comfy_kiwi.training import kiwi_numerics as kn
-from comfy_kiwi.training.dit_lora_train import DEFAULT_TARGETS
+from comfy_kiwi.training_lib import kiwi_numerics as kn
+from comfy_kiwi.training_lib.dit_lora_train import DEFAULT_TARGETS
 
 from .base import TrainingMethod
 from .kiwi_module import DIT_LORA_PREFIX, GROUPS, MLLM_GROUPS, KiwiModule, kiwi_state, load_kiwi_state
@@ -175,7 +175,7 @@ class KiwiMethod(TrainingMethod):
 
     def _init_parts(self) -> tuple[dict, dict]:
         """(Kiwi parts, DiT LoRA tensors) of ``checkpoint.init_from`` (empty without one)."""
-        from comfy_kiwi.training.checkpoint_export import PARTS, from_kiwi_training_keys
+        from comfy_kiwi.training_lib.checkpoint_export import PARTS, from_kiwi_training_keys
         if not self.cfg.checkpoint.init_from:
             return {p: {} for p in PARTS}, {}
 
@@ -241,7 +241,7 @@ class KiwiMethod(TrainingMethod):
         return {"dit": dit, "mllm": mllm, "vae": vae}
 
     def build(self, models: dict) -> KiwiModule:
-        from comfy_kiwi.training.dit_lora_train import DiTLoraAdapter
+        from comfy_kiwi.training_lib.dit_lora_train import DiTLoraAdapter
         o, dit, mllm = self.options, models["dit"], models.get("mllm")
         dit.requires_grad_(False)
         if mllm is not None:
@@ -276,7 +276,7 @@ class KiwiMethod(TrainingMethod):
     def place(self, module, device):
         if not self.options.block_swap:
             return module.to(device)
-        from comfy_kiwi.training.block_swap_training import TrainingBlockSwap
+        from comfy_kiwi.training_lib.block_swap_training import TrainingBlockSwap
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             # DDP broadcasts every module tensor from rank 0 at start, swapped CPU copies included

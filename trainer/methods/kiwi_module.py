@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from comfy_kiwi.errors import CheckpointError, InputError
-from comfy_kiwi.training.checkpoint_export import PARTS, to_kiwi_training_keys
-from comfy_kiwi.training.kiwi_numerics import kiwi_loss, noisy_and_target
+from comfy_kiwi.training_lib.checkpoint_export import PARTS, to_kiwi_training_keys
+from comfy_kiwi.training_lib.kiwi_numerics import kiwi_loss, noisy_and_target
 
 from .base import TrainModule
 

@@ -63,7 +63,7 @@ def mllm_parts(mllm) -> dict[str, torch.Tensor]:
     """The MLLM tensors RVEDiT trains, under the Kiwi training-checkpoint names (``mllm.connetor.*`` [sic] and the
     language model's ``…lora_{A,B}.default.weight``), sharing storage with the parameters."""
     from comfy_kiwi.mllm.lora import lora_state_dict
-    from comfy_kiwi.training.checkpoint_export import to_kiwi_training_keys
+    from comfy_kiwi.training_lib.checkpoint_export import to_kiwi_training_keys
     connector = {"connector." + k: v for k, v in mllm.connector.state_dict().items()}
     return to_kiwi_training_keys({"mllm": connector, "mllm_lora": lora_state_dict(mllm)})
 
@@ -203,7 +203,7 @@ class RVEDiTMethod(TrainingMethod):
         return models
 
     def build(self, models: dict) -> RVEDiTModule:
-        from comfy_kiwi.training.dit_lora_train import DiTLoraAdapter
+        from comfy_kiwi.training_lib.dit_lora_train import DiTLoraAdapter
         o, dit = self.options, models["dit"]
         self.num_blocks = len(dit.blocks)
         dit.requires_grad_(o.dit_training == "full")
