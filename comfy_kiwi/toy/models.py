@@ -27,12 +27,13 @@ UNKNOWN_TOKEN = "[UNK]"
 
 @dataclass(frozen=True)
 class ToyModelConfig:
-    # dim ≥ 192: each token carries 2×2 latent cells × 48 channels = 192 numbers, and the DiT must pass
-    # the noise in x_t through to its velocity; a narrower residual stream caps the loss at about half
-    # the noise variance (seen at dim 96).
-    dit_dim: int = 192
-    dit_ffn: int = 384
-    dit_heads: int = 4
+    # Each token carries 2×2 latent cells × 48 channels = 192 numbers, and the source is σ-added to the same
+    # token: at width 192 the noise in x_t and the source fill the same 192 dimensions and cannot be told
+    # apart again, so even unchanged pixels come out noisy (cleanliness 0.30 vs 0.58 at width 384 after
+    # 1500 image steps, docs/TOY_BENCHMARK.md). Width 2 × 192 leaves room for both (Wan2.2-5B: 3072 for 192).
+    dit_dim: int = 384
+    dit_ffn: int = 768
+    dit_heads: int = 8
     dit_layers: int = 3
     dit_patch: tuple = (1, 2, 2)
     llm_hidden: int = 64

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError
-from ..training_lib.kiwi_numerics import (MixSchedule, constant_lr_warmup, kiwi_loss, linear_tail, noisy_and_target,
-                                          sample_timestep_ids, timestep_and_sigma, weight_for_timestep)
+from ..training_lib.kiwi_numerics import (LOSS_WEIGHTINGS, MixSchedule, constant_lr_warmup, kiwi_loss, linear_tail,
+                                          noisy_and_target, sample_timestep_ids, timestep_and_sigma,
+                                          timestep_loss_weight)
 from .data import DATASETS, dataset_examples, encode_contexts, prepare_samples, stack
 from .models import ToyModelConfig, build_toy_dit, build_toy_mllm
 from .source_modes import check_source_mode, dit_velocity, prepare_dit
@@ -44,7 +45,7 @@ class ToyTrainConfig:
     datasets: tuple = ("image", "video", "reference")   # drop "image" for the no-co-training ablation
     pool: int = 1000                    # training examples per dataset (seed split "train")
     shift: float = 5.0
-    loss_weighting: str = "kiwi"        # "kiwi" (Gaussian in t, the release) or "uniform"
+    loss_weighting: str = "uniform"     # "kiwi" (Gaussian in t, the release) or "uniform" (the toy presets)
     embedder_init: str = "random"       # source/reference embedders and connector outputs: "zero" (Kiwi) or "random"
     seed: int = 0
     threads: int = 2
@@ -56,7 +57,7 @@ class ToyTrainConfig:
         if unknown or not self.datasets:
             raise InputError(f"toy training datasets must be a non-empty subset of {list(DATASETS)}, got "
                              f"{list(self.datasets)}.")
-        if self.loss_weighting not in ("kiwi", "uniform") or self.embedder_init not in ("zero", "random"):
+        if self.loss_weighting not in LOSS_WEIGHTINGS or self.embedder_init not in ("zero", "random"):
             raise InputError(f"loss_weighting must be kiwi/uniform and embedder_init zero/random, got "
                              f"{self.loss_weighting!r}, {self.embedder_init!r}.")
         if len(self.stage_shares) != 3 or abs(sum(self.stage_shares) - 1) > 1e-6:
@@ -125,8 +126,7 @@ def training_loss(models: ToyModels, samples, generator: torch.Generator, shift:
     ctx = encode_contexts(models.encoder, samples)
     pred = dit_velocity(models.dit, x_t, t, sigma, ctx, stack(samples, "source"), stack(samples, "reference"),
                         models.source_mode)
-    weight = weight_for_timestep(t, shift) if weighting == "kiwi" else torch.ones(())
-    return kiwi_loss(pred, target, weight)
+    return kiwi_loss(pred, target, timestep_loss_weight(t, shift, weighting))
 
 
 def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, models: ToyModels | None = None):

@@ -46,6 +46,20 @@ def weight_for_timestep(t: torch.Tensor, shift: float = 5.0) -> torch.Tensor:
     return loss_weights(shift)[(timesteps[None, :] - t).abs().argmin(dim=1)]
 
 
+LOSS_WEIGHTINGS = ("kiwi", "uniform")
+
+
+def timestep_loss_weight(t: torch.Tensor, shift: float = 5.0, weighting: str = "kiwi") -> torch.Tensor:
+    """Per-sample loss weight: "kiwi" = the release's Gaussian in t (``weight_for_timestep``); "uniform" = 1,
+    the same mean over the schedule (the Kiwi weights sum to 1000 over its 1000 entries) but no discount
+    of the high-noise steps, where a toy model trained from scratch must learn the whole edit."""
+    if weighting == "kiwi":
+        return weight_for_timestep(t, shift)
+    if weighting == "uniform":
+        return torch.ones(torch.as_tensor(t).reshape(-1).shape[0])
+    raise InputError(f"loss weighting {weighting!r} is unknown; choose one of {', '.join(LOSS_WEIGHTINGS)}.")
+
+
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
     if v.ndim == 0:

@@ -55,6 +55,7 @@ class KiwiOptions:
     dit_lora_targets: list = field(default_factory=lambda: list(DEFAULT_TARGETS))
     dit_storage: str = "model"             # "model": model.dtype; "fp8": block linears in fp8 (frozen DiT)
     block_swap: int = 0                    # DiT blocks kept in CPU RAM (frozen DiT, gradient checkpointing)
+    loss_weighting: str = "kiwi"           # "kiwi": the release's Gaussian in t; "uniform": 1 (the toy presets)
 
 
 class KiwiMethod(TrainingMethod):
@@ -79,6 +80,9 @@ class KiwiMethod(TrainingMethod):
         if o.source_scale not in SOURCE_SCALES:
             raise InputError(f"method.options.source_scale is {o.source_scale!r}; choose \"sigma\" (the release's "
                              "fixed σ) or \"gamma\" (the paper's learnable γ(t)).")
+        if o.loss_weighting not in kn.LOSS_WEIGHTINGS:
+            raise InputError(f"method.options.loss_weighting is {o.loss_weighting!r}; choose \"kiwi\" (the release's "
+                             "Gaussian timestep weights) or \"uniform\".")
         if o.source_scale == "gamma" and not o.source_input:
             raise InputError("method.options.source_scale = \"gamma\" scales the source latents: it needs "
                              "source_input = true.")
@@ -146,7 +150,7 @@ class KiwiMethod(TrainingMethod):
         ids = kn.sample_timestep_ids(x0.shape[0], generator)
         t, sigma = kn.timestep_and_sigma(ids, shift)
         lo, hi = self.options.reference_scale
-        return {"t": t, "sigma": sigma, "weight": kn.weight_for_timestep(t, shift),
+        return {"t": t, "sigma": sigma, "weight": kn.timestep_loss_weight(t, shift, self.options.loss_weighting),
                 "noise": torch.randn(x0.shape, generator=generator, dtype=torch.float32),
                 "reference_scale": lo + (hi - lo) * torch.rand(x0.shape[0], generator=generator)}
 
