@@ -5,7 +5,7 @@ from comfy_kiwi.errors import InputError
 from comfy_kiwi.sampling.schedule import training_sigmas
 from comfy_kiwi.training_lib.kiwi_numerics import (
     MixSchedule, constant_lr_warmup, kiwi_loss, loss_weights, noisy_and_target,
-    sample_timestep_ids, timestep_and_sigma, weight_for_timestep,
+    sample_timestep_ids, timestep_and_sigma, timestep_loss_weight, weight_for_timestep,
 )
 
 
@@ -47,6 +47,14 @@ def test_loss_weights_pinned():
     assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
     assert w.max().item() == pytest.approx(2.08, abs=0.01)
     assert weight_for_timestep(torch.tensor([1000.0]))[0].item() == w[0].item()
+
+
+def test_timestep_loss_weight_kiwi_or_uniform():
+    t = torch.tensor([999.0, 500.0, 20.0])
+    assert torch.equal(timestep_loss_weight(t, 5.0, "kiwi"), weight_for_timestep(t, 5.0))
+    assert torch.equal(timestep_loss_weight(t, 5.0, "uniform"), torch.ones(3))
+    with pytest.raises(InputError, match="kiwi, uniform"):
+        timestep_loss_weight(t, 5.0, "snr")
 
 
 def test_noisy_and_target_algebra():

@@ -88,7 +88,8 @@ def test_trainer_kiwi_loss_and_gradients_equal_the_toy_driver(tmp_path):
         g = torch.Generator().manual_seed(11)
         ids = kn.sample_timestep_ids(2, g)                                   # the toy driver's draw order
         t, sigma = kn.timestep_and_sigma(ids, 5.0)
-        draws = {"t": t, "sigma": sigma, "weight": kn.weight_for_timestep(t, 5.0),
+        weighting = method.options.loss_weighting                            # the toy presets: "uniform"
+        draws = {"t": t, "sigma": sigma, "weight": kn.timestep_loss_weight(t, 5.0, weighting),
                  "noise": torch.randn(batch["target"].shape, generator=g), "reference_scale": torch.ones(2)}
         module.zero_grad()
         ours = module(batch, draws)
@@ -96,7 +97,7 @@ def test_trainer_kiwi_loss_and_gradients_equal_the_toy_driver(tmp_path):
         samples = prepare_samples(examples[name], toy.encoder)
         toy.dit.zero_grad()
         toy.encoder.zero_grad()
-        ref_loss = training_loss(toy, samples, torch.Generator().manual_seed(11), 5.0)
+        ref_loss = training_loss(toy, samples, torch.Generator().manual_seed(11), 5.0, weighting)
         ref_loss.backward()
         torch.testing.assert_close(ours, ref_loss, rtol=1e-5, atol=1e-6)
         pairs = [(module.dit.blocks[0].self_attn.q.weight, toy.dit.blocks[0].self_attn.q.weight),

@@ -150,3 +150,21 @@ def test_bf16_models_keep_trainable_mllm_parts_in_fp32_and_sample(tiny):
     assert module.mllm.model.model.language_model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert all(math.isfinite(x) for x in result["losses"])
     assert (cfg.output_dir / "samples" / "step-00000002-item0.png").is_file()
+
+
+def test_loss_weighting_option_sets_the_draws_weight():
+    from types import SimpleNamespace
+
+    from comfy_kiwi.errors import InputError
+    from comfy_kiwi.training_lib.kiwi_numerics import weight_for_timestep
+    from trainer.methods.kiwi import KiwiMethod
+    with pytest.raises(InputError, match="loss_weighting is 'snr'"):
+        KiwiMethod.parse_options({"loss_weighting": "snr"})
+    method = KiwiMethod.__new__(KiwiMethod)
+    method.cfg = SimpleNamespace(schedule=SimpleNamespace(timestep_shift=5.0))
+    for weighting in ("kiwi", "uniform"):
+        method.options = KiwiMethod.parse_options({"loss_weighting": weighting})
+        draws = method.draws({"target": torch.zeros(6, 48, 1, 2, 2)}, torch.Generator().manual_seed(0))
+        expected = weight_for_timestep(draws["t"], 5.0) if weighting == "kiwi" else torch.ones(6)
+        assert torch.equal(draws["weight"], expected), weighting
+    assert KiwiMethod.parse_options({}).loss_weighting == "kiwi"          # the release's weighting by default
