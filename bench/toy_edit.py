@@ -2,6 +2,7 @@
 
     python bench/toy_edit.py --install             # everything (~1.5 h on 2 cores), then the report
     python bench/toy_edit.py --runs shipped        # only the shipped model's run (and the baselines)
+    python bench/toy_edit.py --runs kiwi,concat --seeds 0 1   # ablations, each trained with two seeds
     python bench/toy_edit.py --report              # tables + plot from the runs already in --out
     python bench/toy_edit.py --evaluate comfy_kiwi/toy/default_model   # score a saved toy model folder
 
@@ -19,11 +20,17 @@ Jobs:
   ``no_image`` (σ add without image co-training), ``image_only`` (image pairs only, ImVideoEdit's data regime,
   evaluated on videos too).
 
+``--seeds 0 1`` trains and scores each ablation once per seed (the training seed: initial weights, batches,
+noise), so a difference between variants can be told from one seed's noise. The evaluation's sampling seed
+stays ``--seed`` for every training seed: all runs are scored on the same held-out edits with the same
+sampling noise, so the spread over seeds is the training's alone.
+
 Held-out toy edits (seed split "test") are scored by the toy judge during training (20 sampling steps,
-``--curve-count`` examples per dataset) and at the end as the command line samples (50 steps,
-``--final-count`` per dataset; 16 for ablations). Baselines: ``identity`` (return the source unchanged) and
-``random`` (untrained model with random weights). Output in ``--out``: one JSON per run (ablations in
-``ablations/``), ``results.md`` (tables) and ``toy_edit.png`` (curves).
+``--curve-count`` examples per dataset; ablations every ``--eval-every`` steps, 0 = no curve) and at the end
+as the command line samples (50 steps, ``--final-count`` per dataset; ``--ablation-count`` for ablations).
+Baselines: ``identity`` (return the source unchanged) and ``random`` (untrained model with random weights).
+Output in ``--out``: one JSON per run (ablations in ``ablations/seed{N}/{name}.json``), ``results.md``
+(tables) and ``toy_edit.png`` (curves).
 """
 
 from __future__ import annotations
@@ -61,7 +68,8 @@ def run_one(name: str, args) -> dict:
     from comfy_kiwi.toy.evaluate import evaluate
     from comfy_kiwi.toy.train import ToyTrainConfig, build_models, train
     torch.set_num_threads(args.threads)
-    cfg = ToyTrainConfig(steps=args.ablation_steps, threads=args.threads, seed=args.seed, **RUNS[name])
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    cfg = ToyTrainConfig(steps=args.ablation_steps, threads=args.threads, seed=train_seed, **RUNS[name])
     models = build_models(cfg)
     curve_pools = eval_pools(models.encoder, args.curve_count)
 
@@ -75,7 +83,8 @@ def run_one(name: str, args) -> dict:
                          eval_every=args.eval_every, models=models)
     final = evaluate(models.dit, models.encoder, eval_pools(models.encoder, args.final_count), models.source_mode,
                      steps=50, seed=args.seed)
-    info.update(name=name, final=final, final_settings={"steps": 50, "shift": 5.0, "count": args.final_count})
+    info.update(name=name, final=final, final_settings={"steps": 50, "shift": 5.0, "count": args.final_count,
+                                                            "seed": args.seed})
     return info
 
 
@@ -111,6 +120,12 @@ def main(argv=None) -> int:
                    help="comma-separated jobs: shipped (the trainer's run of the shipped model) and the ablations: "
                         + ", ".join(RUNS))
     p.add_argument("--ablation-steps", type=int, default=400, help="optimizer steps of each ablation run")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="training seeds of the ablations, each variant trained once per seed (default: --seed)")
+    p.add_argument("--ablation-count", type=int, default=16,
+                   help="held-out examples per dataset for each ablation's final score")
+    p.add_argument("--eval-every", type=int, default=200,
+                   help="curve evaluation every N optimizer steps of each ablation (0: none, only the final score)")
     p.add_argument("--curve-count", type=int, default=12, help="held-out examples per dataset for the curves")
     p.add_argument("--final-count", type=int, default=32, help="held-out examples per dataset for the table")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1 behaves best on a busy CPU)")
@@ -123,8 +138,13 @@ def main(argv=None) -> int:
                    help="only score a saved toy model folder (e.g. comfy_kiwi/toy/default_model) on the held-out edits")
     p.add_argument("--denoise", type=float, nargs="+", default=[1.0], help="with --evaluate: denoise values")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)          # internal: one run in this process
-    p.add_argument("--eval-every", type=int, default=250, help=argparse.SUPPRESS)
+    p.add_argument("--train-seed", type=int, default=None, help=argparse.SUPPRESS)   # internal: with --one
     args = p.parse_args(argv)
+    if min(args.ablation_steps, args.ablation_count) < 1 or args.eval_every < 0:
+        p.error(f"--ablation-steps and --ablation-count must be >= 1 and --eval-every >= 0, got "
+                f"{args.ablation_steps}, {args.ablation_count}, {args.eval_every}")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds must not repeat a seed, got {args.seeds}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.evaluate:
@@ -160,11 +180,14 @@ def _jobs(p, args) -> list[tuple[str, list[str]]]:
         jobs.append(("shipped", [sys.executable, str(Path(__file__).with_name("toy_train_default.py")), "--out",
                                  args.out, "--curve-count", str(args.curve_count), "--final-count",
                                  str(args.final_count), "--seed", str(args.seed)] + (["--install"] if args.install else [])))
-    abl = str(Path(args.out) / "ablations")
-    for n in names:
-        if n != "shipped":
-            jobs.append((f"ablation_{n}", me + common + ["--out", abl, "--ablation-steps", str(args.ablation_steps),
-                                                        "--eval-every", "200", "--final-count", "16", "--one", n]))
+    seeds = [args.seed] if args.seeds is None else args.seeds
+    for seed in seeds:
+        abl = str(Path(args.out) / "ablations" / f"seed{seed}")
+        for n in names:
+            if n != "shipped":
+                jobs.append((f"ablation_{n}_seed{seed}", me + common + [
+                    "--out", abl, "--train-seed", str(seed), "--ablation-steps", str(args.ablation_steps),
+                    "--eval-every", str(args.eval_every), "--final-count", str(args.ablation_count), "--one", n]))
     return jobs
 
 
