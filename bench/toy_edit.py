@@ -114,7 +114,7 @@ def evaluate_folder(folder, count: int, seed: int = 0, denoise: float = 1.0) -> 
                     denoise=denoise)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="shipped," + ",".join(RUNS),
                    help="comma-separated jobs: shipped (the trainer's run of the shipped model) and the ablations: "
@@ -145,6 +145,11 @@ def main(argv=None) -> int:
                 f"{args.ablation_steps}, {args.ablation_count}, {args.eval_every}")
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds must not repeat a seed, got {args.seeds}")
+    return p, args
+
+
+def main(argv=None) -> int:
+    p, args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.evaluate:

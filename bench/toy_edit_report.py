@@ -1,7 +1,10 @@
 """Tables (markdown) and plot (PNG, drawn with PIL: no plotting library needed) of the toy benchmark.
 
 Reads ``OUT/baselines.json``, ``OUT/shipped.json`` (the shipped model's trainer run) and
-``OUT/ablations/*.json`` (every variant trained for the same, shorter budget)."""
+``OUT/ablations/seed{N}/*.json`` (every variant trained for the same, shorter budget, once per training seed;
+the older flat ``OUT/ablations/*.json`` are read too, as the seed in their config). The ablation table shows
+the mean over seeds, the overall score also per seed in parentheses; the plot draws each seed's curve.
+Scores missing from older JSONs (cleanliness) show as "–"."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ LABELS = {"shipped": "shipped: python -m trainer, toy-kiwi-stage1/2/3",
           "kiwi": "Kiwi: sigma-scaled add, image+video+ref", "plain_add": "plain add (no sigma)",
           "concat": "channel concat", "none": "no source latents", "no_image": "sigma add, no image co-training",
           "image_only": "image pairs only (ImVideoEdit data)"}
-METRICS = ("compliance", "preservation", "temporal", "overall")
+METRICS = ("compliance", "preservation", "temporal", "overall", "cleanliness")
 DATASETS = ("image", "video", "reference")
 
 
@@ -24,14 +27,26 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _row(label: str, scores: dict) -> str:
-    a = scores["all"]
-    return (f"| {label} | " + " | ".join(f"{a[m]:.3f}" for m in METRICS) + " | "
-            + " | ".join(f"{scores[d]['overall']:.3f}" for d in DATASETS) + f" | {scores['video']['temporal']:.3f} |")
+# (dataset, metric) of each table column after the label
+COLUMNS = [("all", m) for m in METRICS] + [(d, "overall") for d in DATASETS] + [("video", "temporal")]
+HEADER = ["| model | compliance | preservation | temporal | overall | cleanliness | overall image | overall video | "
+          "overall reference | temporal video |", "|---|---|---|---|---|---|---|---|---|---|"]
 
 
-HEADER = ["| model | compliance | preservation | temporal | overall | overall image | overall video | "
-          "overall reference | temporal video |", "|---|---|---|---|---|---|---|---|---|"]
+def _cell(values: list, per_seed: bool = False) -> str:
+    """Mean of one score over runs ("–" when a run lacks it), with each run's value when ``per_seed``."""
+    if any(v is None for v in values):
+        return "–"
+    text = f"{sum(values) / len(values):.3f}"
+    if per_seed and len(values) > 1:
+        text += " (" + ", ".join(f"{v:.3f}" for v in values) + ")"
+    return text
+
+
+def _row(label: str, *scores: dict, extra: str = "") -> str:
+    """One table row: the mean over ``scores`` (one score dict per seed), overall also per seed."""
+    cells = [_cell([s[d].get(m) for s in scores], per_seed=(d, m) == ("all", "overall")) for d, m in COLUMNS]
+    return f"| {label} | " + " | ".join(cells) + " |" + (f" {extra} |" if extra else "")
 
 
 def main_table(kiwi: dict | None, base: dict | None) -> str:
@@ -49,16 +64,30 @@ def main_table(kiwi: dict | None, base: dict | None) -> str:
 def kind_table(kiwi: dict | None) -> str:
     if not kiwi or "by_kind" not in kiwi["final"]:
         return ""
-    lines = ["| edit kind | compliance | preservation | temporal | overall |", "|---|---|---|---|---|"]
+    lines = ["| edit kind | compliance | preservation | temporal | overall | cleanliness |", "|---|---|---|---|---|---|"]
     for kind, s in kiwi["final"]["by_kind"].items():
-        lines.append(f"| {kind} | " + " | ".join(f"{s[m]:.3f}" for m in METRICS) + " |")
+        lines.append(f"| {kind} | " + " | ".join(_cell([s.get(m)]) for m in METRICS) + " |")
     return "\n".join(lines)
 
 
-def ablation_table(runs: dict) -> str:
-    lines = list(HEADER)
-    for name, r in runs.items():
-        lines.append(_row(f"{LABELS[name]} ({r['config']['steps']} steps)", r["final"]))
+def load_ablations(folder: Path) -> dict[str, dict[int, dict]]:
+    """{variant: {training seed: run}} from ``seed{N}/{variant}.json`` and the older flat ``{variant}.json``
+    (a seed folder's run wins over a flat one of the same seed)."""
+    runs = {}
+    for path in sorted(folder.glob("*.json")) + sorted(folder.glob("seed*/*.json")):
+        if path.stem in LABELS and path.stem != "shipped":
+            run = json.loads(path.read_text())
+            runs.setdefault(path.stem, {})[run["config"]["seed"]] = run
+    return {n: dict(sorted(runs[n].items())) for n in LABELS if n in runs}
+
+
+def ablation_table(runs: dict[str, dict[int, dict]]) -> str:
+    """Mean over training seeds per variant; the overall column lists each seed's value in parentheses."""
+    lines = [HEADER[0] + " seeds |", HEADER[1] + "---|"]
+    for name, by_seed in runs.items():
+        steps = sorted({r["config"]["steps"] for r in by_seed.values()})
+        lines.append(_row(f"{LABELS[name]} ({'/'.join(map(str, steps))} steps)",
+                          *(r["final"] for r in by_seed.values()), extra=", ".join(map(str, by_seed))))
     return "\n".join(lines)
 
 
@@ -66,8 +95,9 @@ def _panel(draw, box, curves: dict, base: dict | None, metric: str, dataset: str
     x0, y0, x1, y1 = box
     draw.rectangle(box, outline=(0, 0, 0))
     draw.text((x0, y0 - 16), title, fill=(0, 0, 0))
-    max_step = max((h["step"] for r in curves.values() for h in r["history"]), default=1) or 1
-    top = max([0.1] + [h["eval"][dataset][metric] for r in curves.values() for h in r["history"]]
+    histories = [h for rs in curves.values() for r in rs for h in r["history"]]
+    max_step = max((h["step"] for h in histories), default=1) or 1
+    top = max([0.1] + [h["eval"][dataset][metric] for h in histories]
               + ([base[k][dataset][metric] for k in ("identity", "random")] if base else []))
     top = min(1.0, round(top * 1.15 + 0.049, 1))
     sx = lambda s: x0 + (x1 - x0) * s / max_step                                    # noqa: E731
@@ -84,13 +114,14 @@ def _panel(draw, box, curves: dict, base: dict | None, metric: str, dataset: str
             for x in range(int(x0), int(x1), 8):
                 draw.line([(x, sy(v)), (x + 4, sy(v))], fill=colour, width=1)
             draw.text((x0 + 6, sy(v) - 12), key, fill=colour)
-    for name, r in curves.items():
-        pts = [(sx(h["step"]), sy(h["eval"][dataset][metric])) for h in r["history"]]
-        width = 3 if name in ("kiwi", "shipped") else 2
-        if len(pts) > 1:
-            draw.line(pts, fill=COLOURS[name], width=width)
-        for x, y in pts:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=COLOURS[name])
+    for name, rs in curves.items():
+        for r in rs:        # one curve per training seed
+            pts = [(sx(h["step"]), sy(h["eval"][dataset][metric])) for h in r["history"]]
+            width = 3 if name in ("kiwi", "shipped") else 2
+            if len(pts) > 1:
+                draw.line(pts, fill=COLOURS[name], width=width)
+            for x, y in pts:
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=COLOURS[name])
 
 
 def plot(kiwi: dict | None, runs: dict, base: dict | None, path: Path) -> None:
@@ -98,10 +129,11 @@ def plot(kiwi: dict | None, runs: dict, base: dict | None, path: Path) -> None:
     d = ImageDraw.Draw(img)
     d.text((20, 8), "Toy benchmark: held-out toy edits scored by the toy judge vs training steps "
                     "(20 sampling steps; dashed: baselines)", fill=(0, 0, 0))
-    curves = {"shipped": kiwi} if kiwi else {}
+    curves = {"shipped": [kiwi]} if kiwi else {}
     _panel(d, (60, 60, 540, 400), curves, base, "overall", "all",
            "shipped model (trainer checkpoints): overall (mean of image / video / reference)")
-    _panel(d, (660, 60, 1140, 400), runs, base, "overall", "all", "ablations (same budget): overall")
+    _panel(d, (660, 60, 1140, 400), {n: list(rs.values()) for n, rs in runs.items()}, base, "overall", "all",
+           "ablations (same budget, a curve per training seed): overall")
     y = 440
     for i, name in enumerate(COLOURS):
         x = 60 + (i % 4) * 280
@@ -115,10 +147,10 @@ def plot(kiwi: dict | None, runs: dict, base: dict | None, path: Path) -> None:
 def write_report(out: Path) -> None:
     out = Path(out)
     base, kiwi = _load(out / "baselines.json"), _load(out / "shipped.json")
-    runs = {n: r for n in COLOURS if (r := _load(out / "ablations" / f"{n}.json"))}
+    runs = load_ablations(out / "ablations")
     text = ["## Shipped model vs baselines (held-out edits, 50 sampling steps)", "", main_table(kiwi, base), "",
             "## Shipped model per edit kind", "", kind_table(kiwi), "",
-            "## Ablations (same training budget each)", "", ablation_table(runs), ""]
+            "## Ablations (same training budget each; mean over training seeds, overall per seed in parentheses)", "", ablation_table(runs), ""]
     (out / "results.md").write_text("\n".join(text))
     plot(kiwi, runs, base, out / "toy_edit.png")
 
