@@ -105,3 +105,21 @@ def test_no_curve_evaluation_with_eval_every_0():
     assert calls == [] and info["history"] == []
     _, info = train(cfg, log=lambda s: None, on_eval=lambda step, m: calls.append(step) or {}, eval_every=1)
     assert calls == [0, 1, 2] and len(info["history"]) == 3
+
+
+def test_one_ablation_run_trains_with_its_seed_and_scores_with_seed(tmp_path, monkeypatch):
+    """``--one`` end to end at tiny size (small model, 2 training examples per dataset): the training seed is
+    ``--train-seed``, the evaluation's sampling seed ``--seed``, and ``--eval-every 0`` leaves no curve."""
+    import functools
+
+    import comfy_kiwi.toy.train as toy_train
+    from comfy_kiwi.toy.models import ToyModelConfig
+    small = ToyModelConfig(dit_dim=48, dit_ffn=96, dit_heads=2, dit_layers=1, num_queries=4)
+    monkeypatch.setattr(toy_train, "ToyTrainConfig", functools.partial(toy_train.ToyTrainConfig, model=small,
+                                                                        pool=2, batch=1))
+    out = tmp_path / "ablations" / "seed3"
+    assert toy_edit.main(["--one", "no_image", "--out", str(out), "--train-seed", "3", "--seed", "5",
+                          "--ablation-steps", "1", "--eval-every", "0", "--final-count", "1", "--curve-count", "1"]) == 0
+    run = json.loads((out / "no_image.json").read_text())
+    assert run["config"]["seed"] == 3 and run["final_settings"]["seed"] == 5 and run["history"] == []
+    assert set(run["final"]) >= {"all", "video", "reference"} and "cleanliness" in run["final"]["all"]
