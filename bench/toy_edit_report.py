@@ -64,7 +64,7 @@ def main_table(kiwi: dict | None, base: dict | None) -> str:
 def kind_table(kiwi: dict | None) -> str:
     if not kiwi or "by_kind" not in kiwi["final"]:
         return ""
-    lines = ["| edit kind | compliance | preservation | temporal | overall | cleanliness |", "|---|---|---|---|---|---|"]
+    lines = ["| edit kind | compliance | preservation | temporal | overall | cleanliness |", "|" + "---|" * 6]
     for kind, s in kiwi["final"]["by_kind"].items():
         lines.append(f"| {kind} | " + " | ".join(_cell([s.get(m)]) for m in METRICS) + " |")
     return "\n".join(lines)

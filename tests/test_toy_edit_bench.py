@@ -92,6 +92,9 @@ def test_report_shows_mean_and_each_seed(tmp_path):
     shipped_row = next(line for line in lines if line.startswith("| shipped toy model"))
     assert shipped_row.split("|")[6].strip() == "0.950"
     assert any(line.startswith("| remove |") and line.endswith("| – |") for line in lines)   # kind table
+    tables = "\n".join(line if line.startswith("|") else "" for line in lines).split("\n\n")
+    for table in filter(None, (t.strip() for t in tables)):     # every row as wide as its header
+        assert len({row.count("|") for row in table.splitlines()}) == 1, table
     assert (tmp_path / "toy_edit.png").stat().st_size > 0
 
 
@@ -118,8 +121,8 @@ def test_one_ablation_run_trains_with_its_seed_and_scores_with_seed(tmp_path, mo
     monkeypatch.setattr(toy_train, "ToyTrainConfig", functools.partial(toy_train.ToyTrainConfig, model=small,
                                                                         pool=2, batch=1))
     out = tmp_path / "ablations" / "seed3"
-    assert toy_edit.main(["--one", "no_image", "--out", str(out), "--train-seed", "3", "--seed", "5",
-                          "--ablation-steps", "1", "--eval-every", "0", "--final-count", "1", "--curve-count", "1"]) == 0
+    assert toy_edit.main(["--one", "no_image", "--out", str(out), "--train-seed", "3", "--seed", "5", "--ablation-steps",
+                          "1", "--eval-every", "0", "--final-count", "1", "--curve-count", "1"]) == 0
     run = json.loads((out / "no_image.json").read_text())
     assert run["config"]["seed"] == 3 and run["final_settings"]["seed"] == 5 and run["history"] == []
     assert set(run["final"]) >= {"all", "video", "reference"} and "cleanliness" in run["final"]["all"]
