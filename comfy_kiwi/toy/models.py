@@ -1,8 +1,8 @@
 """The toy models: a small Wan DiT, a small Qwen2.5-VL with a word-level tokenizer over the toy
 vocabulary, and the patch codec — built untrained here, trained by ``toy/train.py``.
 
-Sizes (``ToyModelConfig``) were chosen so that the whole Kiwi stack learns the toy edits on two CPU
-cores in minutes: a 192-wide, 3-block DiT over 4×4-pixel tokens (320 tokens for 17 frames at 32×32),
+Sizes (``ToyModelConfig``) were chosen so that the whole Kiwi stack trains on two CPU cores within an hour:
+a 384-wide, 3-block DiT over 4×4-pixel tokens (320 tokens for 17 frames at 32×32),
 a 64-wide, 2-layer language model with a 2-block vision tower, 16 learnable queries per mode.
 All of it is the stock code path: ``WanDiT`` with Kiwi source/reference embedders, the stock
 ``Qwen2_5_VLForConditionalGeneration`` inside ``MLLMEncoder``.
