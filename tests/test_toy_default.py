@@ -25,8 +25,9 @@ def pipe():
 
 
 def test_default_model_is_small_and_a_release_folder():
+    # a demo model this project trains itself; the DiT must be 384 wide (docs/TOY_BENCHMARK.md), stored in fp16
     size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file())
-    assert size < 8 * 2 ** 20
+    assert size < 16 * 2 ** 20
     for part in ("transformer", "vae", "mllm_encoder", "processor", "source_embedder", "ref_embedder"):
         assert (DEFAULT_MODEL_DIR / part).is_dir()
 
