@@ -156,7 +156,7 @@ def write_report(out: Path) -> None:
 
 
 GALLERY = ((1_000_001, "remove"), (1_000_002, "background"), (1_000_003, "replace"), (1_000_004, "ref_replace"),
-           (1_000_005, "recolour"), (1_000_006, "add"))
+           (1_000_005, "recolour"), (1_000_006, "add"), (1_000_007, "ref_add"))
 
 
 def gallery(model_folder, path: Path, examples=GALLERY, steps: int = 50) -> None:

@@ -4,7 +4,7 @@ The folder is a normal release folder — ``transformer/`` (diffusers keys), ``s
 ``ref_embedder/``, ``mllm_encoder/`` (legacy Qwen keys + queries/connectors), ``processor/`` — except
 ``vae/``, which holds only ``config.json`` naming the toy patch codec (``codec.py``). The project's
 DiT and MLLM loaders read it unchanged; :func:`load_toy_pipeline` adds the codec. The embedded default
-lives in ``comfy_kiwi/toy/default_model/`` (DiT in float16, the rest float32: about 5 MB).
+lives in ``comfy_kiwi/toy/default_model/`` (DiT in float16, the rest float32: about 15 MB).
 """
 
 from __future__ import annotations
