@@ -52,7 +52,9 @@ def write_toy_release(root, dit, encoder, train_info: dict | None = None,
     write_kiwi_release(dit, root, reference_first=False, with_reference=dit.ref_embedder is not None)
     shutil.rmtree(root / "transformer")
     # (no cast when the model already has the dtype: diffusers warns about casting its fp32-kept modules)
-    write_diffusers_folder(dit, root / "transformer", dtype=None if dit_dtype == dit.dtype else dit_dtype)
+    # shards of ≤ 8 MB (the diffusers layout real Wan releases use), so no file in the repository passes 10 MB
+    write_diffusers_folder(dit, root / "transformer", max_shard_size="8MB",
+                           dtype=None if dit_dtype == dit.dtype else dit_dtype)
     write_codec_folder(root / "vae")
     enc_dir = root / "mllm_encoder"
     enc_dir.mkdir(parents=True, exist_ok=True)
