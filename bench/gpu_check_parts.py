@@ -292,7 +292,7 @@ def edit_under_cap(run, gib: float):
         _, sec = timed(run, lambda: pipe.decode(latents, tiled=st["vae_tiling"]))
     run.row(stage="VAE decode", seconds=round(sec, 2), **pk.fields(predicted["VAE decode"], RESERVE))
     run.tick("VAE decode")
-    del latents, source, cond
+    latents = source = cond = None       # free them before the whole edit (no del: the lambdas above read them)
     _whole_edit(run, pipe, frames, reference, settings, st["vae_tiling"], p.peak)
 
 

@@ -68,7 +68,6 @@ def _widget_rows(graph: B.Graph, node: dict) -> list[tuple[str, str]]:
 def render(workflow: dict, out: Path, pack=None) -> Path:
     graph = B.Graph(pack or B.load_pack())
     names = dict(NATIVE_TITLES, **graph.pack.NODE_DISPLAY_NAME_MAPPINGS)
-    nodes = {n["id"]: n for n in workflow["nodes"]}
     boxes = [(n["pos"][0], n["pos"][1] - TITLE_H, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
              for n in workflow["nodes"]] + [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
                                               g["bounding"][1] + g["bounding"][3]) for g in workflow["groups"]]
