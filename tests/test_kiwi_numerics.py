@@ -79,6 +79,26 @@ def test_kiwi_loss():
     assert kiwi_loss(pred, tgt, torch.tensor([1.0, 0.0])).item() == pytest.approx(0.5)
 
 
+def test_edit_region_weight_and_weighted_loss():
+    from comfy_kiwi.training_lib.kiwi_numerics import edit_region_weight
+    x0 = torch.zeros(2, 3, 1, 2, 2)                      # [B, C, F, H, W]
+    src = x0.clone()
+    src[0, 1, 0, 0, 1] = 0.5                             # sample 0: one channel of cell (0, 1) differs
+    src[1, 2, 0, 1, 1] = 0.01                            # sample 1: a difference under the threshold
+    w = edit_region_weight(x0, src, 10.0)
+    assert w.shape == (2, 1, 1, 2, 2)
+    assert w[0, 0, 0].tolist() == [[1.0, 11.0], [1.0, 1.0]] and bool((w[1] == 1).all())
+    err = torch.zeros(2, 3, 1, 2, 2)
+    err[0, :, 0, 0, 1] = 1.0                             # squared error 1 only in the changed cell
+    # sample 0: 3·11 / (3·(11 + 3)) = 11/14; sample 1: 0 → mean 11/28
+    assert kiwi_loss(err, torch.zeros_like(err), 1.0, w).item() == pytest.approx(11 / 28)
+    assert kiwi_loss(err, torch.zeros_like(err), 1.0).item() == pytest.approx(3 / 24)      # plain mean without it
+    assert torch.equal(kiwi_loss(err, torch.zeros_like(err), 1.0, torch.ones(2, 1, 1, 2, 2)),
+                       kiwi_loss(err, torch.zeros_like(err), 1.0))
+    with pytest.raises(InputError, match="edit-region loss weight"):
+        edit_region_weight(x0, src[:, :, :, :1], 10.0)
+
+
 def test_mix_round_robin_with_restarts():
     mix = MixSchedule((3, 5, 4))
     order = list(mix)

@@ -168,3 +168,29 @@ def test_loss_weighting_option_sets_the_draws_weight():
         expected = weight_for_timestep(draws["t"], 5.0) if weighting == "kiwi" else torch.ones(6)
         assert torch.equal(draws["weight"], expected), weighting
     assert KiwiMethod.parse_options({}).loss_weighting == "kiwi"          # the release's weighting by default
+
+
+def test_edit_region_weight_option_weighs_the_changed_cells():
+    from comfy_kiwi.errors import InputError
+    from trainer.methods.kiwi import KiwiMethod
+    from trainer.methods.kiwi_module import KiwiModule
+    assert KiwiMethod.parse_options({}).edit_region_weight == 0.0        # the papers' plain mean by default
+    with pytest.raises(InputError, match="edit_region_weight must be ≥ 0"):
+        KiwiMethod.parse_options({"edit_region_weight": -1.0})
+
+    class Zero(torch.nn.Module):                          # predicts 0: the loss is the weighted mean of target²
+        dtype = torch.float32
+
+        def forward(self, x, *a, **k):
+            return torch.zeros_like(x)
+
+    x0 = torch.zeros(1, 2, 1, 1, 2)
+    src = x0.clone()
+    src[0, 0, 0, 0, 1] = 1.0                              # the edit changed cell 1
+    batch = {"target": x0, "source": src, "context": torch.zeros(1, 1, 4)}
+    noise = torch.zeros_like(x0)
+    noise[0, :, 0, 0, 1] = 1.0                            # flow target ε − x0: 1 only in the changed cell
+    draws = {"t": torch.tensor([500.0]), "sigma": torch.tensor([0.5]), "weight": torch.ones(1), "noise": noise,
+             "reference_scale": torch.ones(1)}
+    losses = [KiwiModule(Zero(), None, None, None, False, (factor, 0.05))(batch, draws).item() for factor in (0.0, 3.0)]
+    assert losses == pytest.approx([0.5, 4 / 5])          # 2/4 plain; (2·4) / (2·4 + 2·1) weighted

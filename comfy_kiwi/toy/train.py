@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError
-from ..training_lib.kiwi_numerics import (LOSS_WEIGHTINGS, MixSchedule, constant_lr_warmup, kiwi_loss, linear_tail,
-                                          noisy_and_target, sample_timestep_ids, timestep_and_sigma,
+from ..training_lib.kiwi_numerics import (LOSS_WEIGHTINGS, MixSchedule, constant_lr_warmup, edit_region_weight,
+                                          kiwi_loss, linear_tail, noisy_and_target, sample_timestep_ids, timestep_and_sigma,
                                           timestep_loss_weight)
 from .data import DATASETS, dataset_examples, encode_contexts, prepare_samples, stack
 from .models import ToyModelConfig, build_toy_dit, build_toy_mllm
@@ -46,6 +46,7 @@ class ToyTrainConfig:
     pool: int = 1000                    # training examples per dataset (seed split "train")
     shift: float = 5.0
     loss_weighting: str = "uniform"     # "kiwi" (Gaussian in t, the release) or "uniform" (the toy presets)
+    edit_region_weight: float = 10.0    # changed latent cells weigh 1 + this (the toy presets; 0 = the papers' mean)
     embedder_init: str = "random"       # source/reference embedders and connector outputs: "zero" (Kiwi) or "random"
     seed: int = 0
     threads: int = 2
@@ -60,6 +61,8 @@ class ToyTrainConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS or self.embedder_init not in ("zero", "random"):
             raise InputError(f"loss_weighting must be kiwi/uniform and embedder_init zero/random, got "
                              f"{self.loss_weighting!r}, {self.embedder_init!r}.")
+        if self.edit_region_weight < 0:
+            raise InputError(f"edit_region_weight must be ≥ 0 (0 = the papers' plain mean), got {self.edit_region_weight!r}.")
         if len(self.stage_shares) != 3 or abs(sum(self.stage_shares) - 1) > 1e-6:
             raise InputError(f"stage_shares needs three shares summing to 1, got {self.stage_shares}.")
 
@@ -116,17 +119,19 @@ def _lr_factor(step: int, total: int, decay: float) -> float:
 
 
 def training_loss(models: ToyModels, samples, generator: torch.Generator, shift: float,
-                  weighting: str = "kiwi") -> torch.Tensor:
-    """Kiwi flow-matching loss of one micro-batch (samples of one dataset)."""
+                  weighting: str = "kiwi", edit_region: float = 0.0) -> torch.Tensor:
+    """Kiwi flow-matching loss of one micro-batch (samples of one dataset); ``edit_region`` > 0 weighs the
+    latent cells the edit changes 1 + that (``edit_region_weight``)."""
     x0 = stack(samples, "target")
+    source = stack(samples, "source")
     ids = sample_timestep_ids(x0.shape[0], generator)
     t, sigma = timestep_and_sigma(ids, shift)
     noise = torch.randn(x0.shape, generator=generator)
     x_t, target = noisy_and_target(x0, noise, sigma)
     ctx = encode_contexts(models.encoder, samples)
-    pred = dit_velocity(models.dit, x_t, t, sigma, ctx, stack(samples, "source"), stack(samples, "reference"),
-                        models.source_mode)
-    return kiwi_loss(pred, target, timestep_loss_weight(t, shift, weighting))
+    pred = dit_velocity(models.dit, x_t, t, sigma, ctx, source, stack(samples, "reference"), models.source_mode)
+    region = edit_region_weight(x0, source, edit_region) if edit_region else None
+    return kiwi_loss(pred, target, timestep_loss_weight(t, shift, weighting), region)
 
 
 def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, models: ToyModels | None = None):
@@ -158,7 +163,8 @@ def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, mod
                 d, _item = next(picks)
                 pool = pools[names[d]]
                 idx = torch.randint(len(pool), (cfg.batch,), generator=g).tolist()
-                loss = training_loss(models, [pool[i] for i in idx], g, cfg.shift, cfg.loss_weighting)
+                loss = training_loss(models, [pool[i] for i in idx], g, cfg.shift, cfg.loss_weighting,
+                                     cfg.edit_region_weight)
                 (loss / mix.grad_accumulation).backward()
                 losses[names[d]] = float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, 1.0)

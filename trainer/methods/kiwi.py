@@ -56,6 +56,8 @@ class KiwiOptions:
     dit_storage: str = "model"             # "model": model.dtype; "fp8": block linears in fp8 (frozen DiT)
     block_swap: int = 0                    # DiT blocks kept in CPU RAM (frozen DiT, gradient checkpointing)
     loss_weighting: str = "kiwi"           # "kiwi": the release's Gaussian in t; "uniform": 1 (the toy presets)
+    edit_region_weight: float = 0.0        # > 0: latent cells the edit changes weigh 1 + this (not in the papers;
+    edit_region_threshold: float = 0.05    # the toy presets: 10); changed = |target − source| > threshold somewhere
 
 
 class KiwiMethod(TrainingMethod):
@@ -83,6 +85,9 @@ class KiwiMethod(TrainingMethod):
         if o.loss_weighting not in kn.LOSS_WEIGHTINGS:
             raise InputError(f"method.options.loss_weighting is {o.loss_weighting!r}; choose \"kiwi\" (the release's "
                              "Gaussian timestep weights) or \"uniform\".")
+        if o.edit_region_weight < 0 or o.edit_region_threshold <= 0:
+            raise InputError(f"method.options.edit_region_weight must be ≥ 0 (0 = the papers' plain mean) and "
+                             f"edit_region_threshold > 0, got {o.edit_region_weight!r}, {o.edit_region_threshold!r}.")
         if o.source_scale == "gamma" and not o.source_input:
             raise InputError("method.options.source_scale = \"gamma\" scales the source latents: it needs "
                              "source_input = true.")
@@ -257,7 +262,8 @@ class KiwiMethod(TrainingMethod):
         if "dit_lora" in self.trainable:
             adapter = DiTLoraAdapter(dit, o.dit_lora_rank, o.dit_lora_alpha, o.dit_lora_targets,
                                      dtype=parse_dtype(self.cfg.precision.adapter_dtype), seed=self.cfg.schedule.seed)
-        module = KiwiModule(dit, mllm, adapter, models.get("vae"), o.source_input)
+        module = KiwiModule(dit, mllm, adapter, models.get("vae"), o.source_input,
+                            (float(o.edit_region_weight), float(o.edit_region_threshold)))
         groups = module.named_groups()
         master = parse_dtype(self.cfg.precision.adapter_dtype)
         for g in self.trainable:

@@ -21,7 +21,7 @@ from torch import nn
 
 from comfy_kiwi.errors import CheckpointError, InputError
 from comfy_kiwi.training_lib.checkpoint_export import PARTS, to_kiwi_training_keys
-from comfy_kiwi.training_lib.kiwi_numerics import kiwi_loss, noisy_and_target
+from comfy_kiwi.training_lib.kiwi_numerics import edit_region_weight, kiwi_loss, noisy_and_target
 
 from .base import TrainModule
 
@@ -57,13 +57,14 @@ def group_of(name: str) -> str | None:
 
 
 class KiwiModule(TrainModule):
-    def __init__(self, dit, mllm, adapter, vae, source_input: bool):
+    def __init__(self, dit, mllm, adapter, vae, source_input: bool, edit_region: tuple = (0.0, 0.05)):
         super().__init__()
         self.dit = dit
         self.mllm = mllm                   # None when the MLLM context is cached (frozen MLLM)
         self.adapter = adapter             # DiTLoraAdapter or None
         self._vae = [vae]                  # frozen, outside the module's parameters (reference branch only)
         self.source_input = source_input
+        self.edit_region = edit_region     # (weight, threshold) of the changed cells' extra loss weight; 0 = off
 
     @property
     def vae(self):
@@ -115,7 +116,9 @@ class KiwiModule(TrainModule):
         x_t, target = noisy_and_target(x0, noise, sigma)
         ref = self.reference_latents(batch, draws["reference_scale"])
         pred = self.predict(x_t, draws["t"].to(dev), sigma, self.context(batch), batch, ref)
-        return kiwi_loss(pred, target, draws["weight"].to(dev))
+        factor, threshold = self.edit_region
+        region = edit_region_weight(x0, batch["source"].float(), factor, threshold) if factor else None
+        return kiwi_loss(pred, target, draws["weight"].to(dev), region)
 
     # --- parameters -------------------------------------------------------------------------------------
     def named_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
