@@ -46,7 +46,7 @@ class ToyTrainConfig:
     pool: int = 1000                    # training examples per dataset (seed split "train")
     shift: float = 5.0
     loss_weighting: str = "uniform"     # "kiwi" (Gaussian in t, the release) or "uniform" (the toy presets)
-    edit_region_weight: float = 10.0    # changed latent cells weigh 1 + this (the toy presets; 0 = the papers' mean)
+    edit_region_weight: float = 30.0    # changed latent cells weigh 1 + this (the toy presets; 0 = the papers' mean)
     embedder_init: str = "random"       # source/reference embedders and connector outputs: "zero" (Kiwi) or "random"
     seed: int = 0
     threads: int = 2
