@@ -196,3 +196,19 @@ def test_decay_share_tail_of_the_trainer_lr_schedule():
     cfg.schedule.decay_share = 1.0
     with pytest.raises(InputError, match="decay_share"):
         validate(cfg, check_files=False)
+
+
+def test_toy_driver_defaults_are_the_toy_presets():
+    """The in-memory driver (the ablations) trains the shipped recipe: its loss options are the presets'."""
+    import tomllib
+
+    from comfy_kiwi.toy.train import ToyTrainConfig
+    from trainer.methods import get_method
+    presets = Path(__file__).resolve().parents[1] / "trainer" / "presets"
+    driver = ToyTrainConfig()
+    for n in (1, 2, 3):
+        preset = tomllib.loads((presets / f"toy-kiwi-stage{n}.toml").read_text())
+        options = get_method("kiwi").parse_options(preset["method"]["options"])
+        assert (options.loss_weighting, options.edit_region_weight) == (driver.loss_weighting,
+                                                                          driver.edit_region_weight), n
+        assert preset["optimizer"]["lr"] == driver.lr
