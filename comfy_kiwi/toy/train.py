@@ -24,8 +24,8 @@ import torch
 
 from ..errors import InputError
 from ..training_lib.kiwi_numerics import (LOSS_WEIGHTINGS, MixSchedule, constant_lr_warmup, edit_region_weight,
-                                          kiwi_loss, linear_tail, noisy_and_target, sample_timestep_ids, timestep_and_sigma,
-                                          timestep_loss_weight)
+                                          kiwi_loss, linear_tail, noisy_and_target, sample_timestep_ids,
+                                          timestep_and_sigma, timestep_loss_weight)
 from .data import DATASETS, dataset_examples, encode_contexts, prepare_samples, stack
 from .models import ToyModelConfig, build_toy_dit, build_toy_mllm
 from .source_modes import check_source_mode, dit_velocity, prepare_dit
@@ -62,7 +62,8 @@ class ToyTrainConfig:
             raise InputError(f"loss_weighting must be kiwi/uniform and embedder_init zero/random, got "
                              f"{self.loss_weighting!r}, {self.embedder_init!r}.")
         if self.edit_region_weight < 0:
-            raise InputError(f"edit_region_weight must be ≥ 0 (0 = the papers' plain mean), got {self.edit_region_weight!r}.")
+            raise InputError(f"edit_region_weight must be ≥ 0 (0 = the papers' plain mean), got "
+                             f"{self.edit_region_weight!r}.")
         if len(self.stage_shares) != 3 or abs(sum(self.stage_shares) - 1) > 1e-6:
             raise InputError(f"stage_shares needs three shares summing to 1, got {self.stage_shares}.")
 

@@ -87,13 +87,14 @@ def edit_region_weight(x0: torch.Tensor, source: torch.Tensor, factor: float,
     (docs/TOY_BENCHMARK.md). A cell counts as changed where any channel of target and source latents
     differs by more than ``threshold``."""
     if x0.shape != source.shape:
-        raise InputError(f"edit-region loss weight: target latents {tuple(x0.shape)} vs source {tuple(source.shape)}; "
-                         "it needs source and target of the same size (set method.options.edit_region_weight = 0).")
+        raise InputError(f"edit-region loss weight: target latents {tuple(x0.shape)} vs source "
+                         f"{tuple(source.shape)}; it needs source and target of the same size (set method.options.edit_region_weight = 0).")
     changed = (x0.float() - source.float()).abs().amax(dim=1, keepdim=True) > threshold
     return 1.0 + factor * changed.float()
 
 
-def kiwi_loss(pred: torch.Tensor, target: torch.Tensor, weight, region_weight: torch.Tensor | None = None) -> torch.Tensor:
+def kiwi_loss(pred: torch.Tensor, target: torch.Tensor, weight,
+              region_weight: torch.Tensor | None = None) -> torch.Tensor:
     """mse(pred.float(), target.float()) times the timestep weight (per-sample mean, then mean).
     With ``region_weight`` (``edit_region_weight``), each sample's mean is weighted by it instead."""
     if pred.shape != target.shape:

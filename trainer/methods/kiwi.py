@@ -57,7 +57,7 @@ class KiwiOptions:
     block_swap: int = 0                    # DiT blocks kept in CPU RAM (frozen DiT, gradient checkpointing)
     loss_weighting: str = "kiwi"           # "kiwi": the release's Gaussian in t; "uniform": 1 (the toy presets)
     edit_region_weight: float = 0.0        # > 0: latent cells the edit changes weigh 1 + this (not in the papers;
-    edit_region_threshold: float = 0.05    # the toy presets: 10); changed = |target − source| > threshold somewhere
+    edit_region_threshold: float = 0.05    # the toy presets: 30); changed = any channel of |target − source| > this
 
 
 class KiwiMethod(TrainingMethod):
