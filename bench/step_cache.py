@@ -100,9 +100,10 @@ def markdown(toy: list[dict], tiny: list[dict]) -> str:
     kinds = list(toy[0]["by_kind"])
     err = {(r["dtype"], r["threshold"]): r for r in tiny}
     lines = ["| threshold | toy: DiT forwards saved | toy overall (vs off) | compliance | preservation | temporal | "
+             "cleanliness | "
              + " | ".join(f"overall {k}" for k in kinds) + " | tiny release fp32: saved / latent error | "
              "tiny release bf16: saved / latent error |",
-             "|---" * (8 + len(kinds)) + "|"]
+             "|---" * (9 + len(kinds)) + "|"]
     for r in toy:
         a, th = r["all"], r["threshold"]
         rel = (a["overall"] / base - 1) if base else 0.0
@@ -110,7 +111,7 @@ def markdown(toy: list[dict], tiny: list[dict]) -> str:
         cell = lambda t: "–" if t is None else f"{t['saved']:.0%} / {t['latent_error']:.4f}"   # noqa: E731
         lines.append(f"| {th:g} | {r['skipped']}/{r['forwards']} = **{r['saved']:.1%}** | "
                      f"{a['overall']:.4f} ({rel:+.1%}) | {a['compliance']:.3f} | {a['preservation']:.3f} | "
-                     f"{a['temporal']:.3f} | " + " | ".join(f"{r['by_kind'][k]:.3f}" for k in kinds)
+                     f"{a['temporal']:.3f} | {a['cleanliness']:.3f} | " + " | ".join(f"{r['by_kind'][k]:.3f}" for k in kinds)
                      + f" | {cell(t1)} | {cell(t2)} |")
     return "\n".join(lines)
 
