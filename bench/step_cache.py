@@ -111,7 +111,8 @@ def markdown(toy: list[dict], tiny: list[dict]) -> str:
         cell = lambda t: "–" if t is None else f"{t['saved']:.0%} / {t['latent_error']:.4f}"   # noqa: E731
         lines.append(f"| {th:g} | {r['skipped']}/{r['forwards']} = **{r['saved']:.1%}** | "
                      f"{a['overall']:.4f} ({rel:+.1%}) | {a['compliance']:.3f} | {a['preservation']:.3f} | "
-                     f"{a['temporal']:.3f} | {a['cleanliness']:.3f} | " + " | ".join(f"{r['by_kind'][k]:.3f}" for k in kinds)
+                     f"{a['temporal']:.3f} | {a['cleanliness']:.3f} | "
+                     + " | ".join(f"{r['by_kind'][k]:.3f}" for k in kinds)
                      + f" | {cell(t1)} | {cell(t2)} |")
     return "\n".join(lines)
 

@@ -98,7 +98,7 @@ def test_trainer_kiwi_loss_and_gradients_equal_the_toy_driver(tmp_path):
         toy.dit.zero_grad()
         toy.encoder.zero_grad()
         ref_loss = training_loss(toy, samples, torch.Generator().manual_seed(11), 5.0, weighting,
-                                 method.options.edit_region_weight)              # the toy presets: 10
+                                 method.options.edit_region_weight)              # the toy presets: 30
         ref_loss.backward()
         torch.testing.assert_close(ours, ref_loss, rtol=1e-5, atol=1e-6)
         pairs = [(module.dit.blocks[0].self_attn.q.weight, toy.dit.blocks[0].self_attn.q.weight),

@@ -47,7 +47,8 @@ def weight_for_timestep(t: torch.Tensor, shift: float = 5.0) -> torch.Tensor:
 
 
 LOSS_WEIGHTINGS = ("kiwi", "uniform")
-EDIT_REGION_THRESHOLD = 0.05     # latent units (toy codec: pixels in [−1, 1], palette colours ≥ 0.63 apart in a channel)
+# latent units (toy codec: pixels in [−1, 1], palette colours ≥ 0.63 apart in a channel)
+EDIT_REGION_THRESHOLD = 0.05
 
 
 def timestep_loss_weight(t: torch.Tensor, shift: float = 5.0, weighting: str = "kiwi") -> torch.Tensor:
@@ -88,7 +89,8 @@ def edit_region_weight(x0: torch.Tensor, source: torch.Tensor, factor: float,
     differs by more than ``threshold``."""
     if x0.shape != source.shape:
         raise InputError(f"edit-region loss weight: target latents {tuple(x0.shape)} vs source "
-                         f"{tuple(source.shape)}; it needs source and target of the same size (set method.options.edit_region_weight = 0).")
+                         f"{tuple(source.shape)}; it needs source and target of the same size "
+                         "(set method.options.edit_region_weight = 0).")
     changed = (x0.float() - source.float()).abs().amax(dim=1, keepdim=True) > threshold
     return 1.0 + factor * changed.float()
 

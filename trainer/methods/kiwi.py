@@ -56,8 +56,10 @@ class KiwiOptions:
     dit_storage: str = "model"             # "model": model.dtype; "fp8": block linears in fp8 (frozen DiT)
     block_swap: int = 0                    # DiT blocks kept in CPU RAM (frozen DiT, gradient checkpointing)
     loss_weighting: str = "kiwi"           # "kiwi": the release's Gaussian in t; "uniform": 1 (the toy presets)
-    edit_region_weight: float = 0.0        # > 0: latent cells the edit changes weigh 1 + this (not in the papers;
-    edit_region_threshold: float = 0.05    # the toy presets: 30); changed = any channel of |target − source| > this
+    # > 0: latent cells the edit changes (any channel of |target − source| > the threshold) weigh 1 + this;
+    # not in the papers; the toy presets use 30
+    edit_region_weight: float = 0.0
+    edit_region_threshold: float = kn.EDIT_REGION_THRESHOLD
 
 
 class KiwiMethod(TrainingMethod):

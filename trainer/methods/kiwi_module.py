@@ -21,7 +21,8 @@ from torch import nn
 
 from comfy_kiwi.errors import CheckpointError, InputError
 from comfy_kiwi.training_lib.checkpoint_export import PARTS, to_kiwi_training_keys
-from comfy_kiwi.training_lib.kiwi_numerics import edit_region_weight, kiwi_loss, noisy_and_target
+from comfy_kiwi.training_lib.kiwi_numerics import (EDIT_REGION_THRESHOLD, edit_region_weight, kiwi_loss,
+                                                  noisy_and_target)
 
 from .base import TrainModule
 
@@ -57,7 +58,8 @@ def group_of(name: str) -> str | None:
 
 
 class KiwiModule(TrainModule):
-    def __init__(self, dit, mllm, adapter, vae, source_input: bool, edit_region: tuple = (0.0, 0.05)):
+    def __init__(self, dit, mllm, adapter, vae, source_input: bool,
+                 edit_region: tuple = (0.0, EDIT_REGION_THRESHOLD)):
         super().__init__()
         self.dit = dit
         self.mllm = mllm                   # None when the MLLM context is cached (frozen MLLM)
@@ -117,7 +119,7 @@ class KiwiModule(TrainModule):
         ref = self.reference_latents(batch, draws["reference_scale"])
         pred = self.predict(x_t, draws["t"].to(dev), sigma, self.context(batch), batch, ref)
         factor, threshold = self.edit_region
-        region = edit_region_weight(x0, batch["source"].float(), factor, threshold) if factor else None
+        region = edit_region_weight(x0, batch["source"], factor, threshold) if factor else None
         return kiwi_loss(pred, target, draws["weight"].to(dev), region)
 
     # --- parameters -------------------------------------------------------------------------------------
