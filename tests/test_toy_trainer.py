@@ -199,15 +199,19 @@ def test_decay_share_tail_of_the_trainer_lr_schedule():
 
 
 def test_toy_driver_defaults_are_the_toy_presets():
-    """The in-memory driver (the ablations) trains the shipped recipe: its loss options are the presets'."""
+    """The in-memory driver (the ablations) trains the shipped recipe: its loss options, learning rate and
+    stage lengths are the presets'."""
     import tomllib
 
     from comfy_kiwi.toy.train import ToyTrainConfig
     from trainer.methods import get_method
     presets = Path(__file__).resolve().parents[1] / "trainer" / "presets"
     driver = ToyTrainConfig()
-    for n in (1, 2, 3):
+    for n, (_, _, stage_steps) in zip((1, 2, 3), driver.stages()):
         preset = tomllib.loads((presets / f"toy-kiwi-stage{n}.toml").read_text())
+        assert preset["schedule"]["max_steps"] == stage_steps, n
+        if n == 3:                                        # the lr falls over the same last steps
+            assert preset["schedule"]["decay_share"] * stage_steps == pytest.approx(driver.decay * driver.steps)
         options = get_method("kiwi").parse_options(preset["method"]["options"])
         assert (options.loss_weighting, options.edit_region_weight) == (driver.loss_weighting,
                                                                           driver.edit_region_weight), n

@@ -35,7 +35,7 @@ KIWI_STAGES = ((("image",), None), (("image", "video"), (1, 1)), (("image", "vid
 
 @dataclass
 class ToyTrainConfig:
-    steps: int = 2400                   # optimizer steps over all stages
+    steps: int = 3000                   # optimizer steps over all stages (the toy presets)
     stage_shares: tuple = (0.15, 0.35, 0.5)
     batch: int = 8                      # samples per micro-batch
     lr: float = 2e-3
