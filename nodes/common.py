@@ -144,8 +144,8 @@ def step_cache_input() -> dict:
     """The optional step-cache widget every Kiwi sampler ends with (``EditSettings.step_cache``)."""
     return {"step_cache": ("FLOAT", tip(
         "Skip the DiT blocks at steps where they would change little, reusing their last result; decided "
-        "while sampling. 0 = off (exact). Higher = faster, less faithful. On the toy model 0.06 skipped 51-53% of "
-        "the forwards for at most -1.3% of the judge's score (docs/PERFORMANCE.md).",
+        "while sampling. 0 = off (exact). Higher = faster, less faithful. On the toy model 0.06 skipped 54-55% of "
+        "the forwards for at most -0.7% of the judge's score (docs/PERFORMANCE.md).",
         default=0.0, min=0.0, max=1.0, step=0.01))}
 
 
