@@ -99,6 +99,24 @@ def test_edit_region_weight_and_weighted_loss():
         edit_region_weight(x0, src[:, :, :, :1], 10.0)
 
 
+def test_edit_region_keep_share_caps_large_edits():
+    from comfy_kiwi.training_lib.kiwi_numerics import edit_region_weight
+    x0 = torch.zeros(4, 1, 1, 2, 5)                      # 10 cells per sample
+    src = x0.clone()
+    src[0, 0, 0, 0, 0] = 1.0                             # 1 of 10 changed: cap 0.9·0.9/(0.1·0.1) = 81 > 31 → 31
+    src[1, 0, 0, :, :4] = 1.0                            # 8 of 10: cap 0.9·0.2/(0.1·0.8) = 2.25
+    src[2] = 1.0                                         # all changed: plain mean
+    w = edit_region_weight(x0, src, 30.0, keep_share=0.1)   # sample 3: nothing changed
+    assert w[0].flatten().tolist() == pytest.approx([31.0] + [1.0] * 9)
+    assert w[1, 0, 0, 0].tolist() == pytest.approx([2.25] * 4 + [1.0]) and w[1, 0, 0, 1, :4].tolist() == pytest.approx([2.25] * 4)
+    unchanged = w[1].flatten()[[4, 9]].sum() / w[1].sum()
+    assert unchanged.item() == pytest.approx(0.1)        # the unchanged cells keep exactly the share u
+    assert bool((w[2] == 31).all()) and bool((w[3] == 1).all())
+    assert torch.equal(edit_region_weight(x0, src, 30.0, keep_share=0.0), edit_region_weight(x0, src, 30.0))
+    with pytest.raises(InputError, match="keep share must be in"):
+        edit_region_weight(x0, src, 30.0, keep_share=1.0)
+
+
 def test_mix_round_robin_with_restarts():
     mix = MixSchedule((3, 5, 4))
     order = list(mix)

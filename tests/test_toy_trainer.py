@@ -98,7 +98,8 @@ def test_trainer_kiwi_loss_and_gradients_equal_the_toy_driver(tmp_path):
         toy.dit.zero_grad()
         toy.encoder.zero_grad()
         ref_loss = training_loss(toy, samples, torch.Generator().manual_seed(11), 5.0, weighting,
-                                 method.options.edit_region_weight)              # the toy presets: 30
+                                 method.options.edit_region_weight,              # the toy presets: 30
+                                 method.options.edit_region_keep_share)
         ref_loss.backward()
         torch.testing.assert_close(ours, ref_loss, rtol=1e-5, atol=1e-6)
         pairs = [(module.dit.blocks[0].self_attn.q.weight, toy.dit.blocks[0].self_attn.q.weight),
@@ -213,6 +214,6 @@ def test_toy_driver_defaults_are_the_toy_presets():
         if n == 3:                                        # the lr falls over the same last steps
             assert preset["schedule"]["decay_share"] * stage_steps == pytest.approx(driver.decay * driver.steps)
         options = get_method("kiwi").parse_options(preset["method"]["options"])
-        assert (options.loss_weighting, options.edit_region_weight) == (driver.loss_weighting,
-                                                                          driver.edit_region_weight), n
+        assert ((options.loss_weighting, options.edit_region_weight, options.edit_region_keep_share)
+                == (driver.loss_weighting, driver.edit_region_weight, driver.edit_region_keep_share)), n
         assert preset["optimizer"]["lr"] == driver.lr

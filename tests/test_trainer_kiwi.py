@@ -192,5 +192,11 @@ def test_edit_region_weight_option_weighs_the_changed_cells():
     noise[0, :, 0, 0, 1] = 1.0                            # flow target ε − x0: 1 only in the changed cell
     draws = {"t": torch.tensor([500.0]), "sigma": torch.tensor([0.5]), "weight": torch.ones(1), "noise": noise,
              "reference_scale": torch.ones(1)}
-    losses = [KiwiModule(Zero(), None, None, None, False, (factor, 0.05))(batch, draws).item() for factor in (0.0, 3.0)]
-    assert losses == pytest.approx([0.5, 4 / 5])          # 2/4 plain; (2·4) / (2·4 + 2·1) weighted
+    losses = [KiwiModule(Zero(), None, None, None, False, (factor, 0.05, keep))(batch, draws).item()
+              for factor, keep in ((0.0, 0.0), (3.0, 0.0), (3.0, 0.4))]
+    # 2/4 plain; (2·4) / (2·4 + 2·1) weighted; keep 0.4 with half the cells changed caps the changed weight at
+    # 0.6·0.5 / (0.4·0.5) = 1.5: (2·1.5) / (2·1.5 + 2·1)
+    assert losses == pytest.approx([0.5, 4 / 5, 3 / 5])
+    assert KiwiMethod.parse_options({}).edit_region_keep_share == 0.0
+    with pytest.raises(InputError, match="edit_region_keep_share must be in"):
+        KiwiMethod.parse_options({"edit_region_keep_share": 1.0})

@@ -47,6 +47,7 @@ class ToyTrainConfig:
     shift: float = 5.0
     loss_weighting: str = "uniform"     # "kiwi" (Gaussian in t, the release) or "uniform" (the toy presets)
     edit_region_weight: float = 30.0    # changed latent cells weigh 1 + this (the toy presets; 0 = the papers' mean)
+    edit_region_keep_share: float = 0.0  # > 0: unchanged cells keep at least this share of each sample's loss
     embedder_init: str = "random"       # source/reference embedders and connector outputs: "zero" (Kiwi) or "random"
     seed: int = 0
     threads: int = 2
@@ -61,9 +62,10 @@ class ToyTrainConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS or self.embedder_init not in ("zero", "random"):
             raise InputError(f"loss_weighting must be kiwi/uniform and embedder_init zero/random, got "
                              f"{self.loss_weighting!r}, {self.embedder_init!r}.")
-        if self.edit_region_weight < 0:
-            raise InputError(f"edit_region_weight must be ≥ 0 (0 = the papers' plain mean), got "
-                             f"{self.edit_region_weight!r}.")
+        if self.edit_region_weight < 0 or not 0 <= self.edit_region_keep_share < 1:
+            raise InputError(f"edit_region_weight must be ≥ 0 (0 = the papers' plain mean) and "
+                             f"edit_region_keep_share in [0, 1), got {self.edit_region_weight!r}, "
+                             f"{self.edit_region_keep_share!r}.")
         if len(self.stage_shares) != 3 or abs(sum(self.stage_shares) - 1) > 1e-6:
             raise InputError(f"stage_shares needs three shares summing to 1, got {self.stage_shares}.")
 
@@ -120,9 +122,9 @@ def _lr_factor(step: int, total: int, decay: float) -> float:
 
 
 def training_loss(models: ToyModels, samples, generator: torch.Generator, shift: float,
-                  weighting: str = "kiwi", edit_region: float = 0.0) -> torch.Tensor:
+                  weighting: str = "kiwi", edit_region: float = 0.0, keep_share: float = 0.0) -> torch.Tensor:
     """Kiwi flow-matching loss of one micro-batch (samples of one dataset); ``edit_region`` > 0 weighs the
-    latent cells the edit changes 1 + that (``edit_region_weight``)."""
+    latent cells the edit changes 1 + that (``edit_region_weight``, capped by ``keep_share``)."""
     x0 = stack(samples, "target")
     source = stack(samples, "source")
     ids = sample_timestep_ids(x0.shape[0], generator)
@@ -131,7 +133,7 @@ def training_loss(models: ToyModels, samples, generator: torch.Generator, shift:
     x_t, target = noisy_and_target(x0, noise, sigma)
     ctx = encode_contexts(models.encoder, samples)
     pred = dit_velocity(models.dit, x_t, t, sigma, ctx, source, stack(samples, "reference"), models.source_mode)
-    region = edit_region_weight(x0, source, edit_region) if edit_region else None
+    region = edit_region_weight(x0, source, edit_region, keep_share=keep_share) if edit_region else None
     return kiwi_loss(pred, target, timestep_loss_weight(t, shift, weighting), region)
 
 
@@ -165,7 +167,7 @@ def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, mod
                 pool = pools[names[d]]
                 idx = torch.randint(len(pool), (cfg.batch,), generator=g).tolist()
                 loss = training_loss(models, [pool[i] for i in idx], g, cfg.shift, cfg.loss_weighting,
-                                     cfg.edit_region_weight)
+                                     cfg.edit_region_weight, cfg.edit_region_keep_share)
                 (loss / mix.grad_accumulation).backward()
                 losses[names[d]] = float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, 1.0)

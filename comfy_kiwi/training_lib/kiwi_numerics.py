@@ -80,19 +80,32 @@ def noisy_and_target(x0: torch.Tensor, noise: torch.Tensor, sigma):
 
 
 def edit_region_weight(x0: torch.Tensor, source: torch.Tensor, factor: float,
-                       threshold: float = EDIT_REGION_THRESHOLD) -> torch.Tensor:
+                       threshold: float = EDIT_REGION_THRESHOLD, keep_share: float = 0.0) -> torch.Tensor:
     """Per-latent-cell loss weight ``1 + factor·[target ≠ source there]``, ``[B, 1, F, H, W]``.
 
     Not in the papers (their loss is a plain mean): an option for small edits, where the cells the edit
     changes are a few percent of the loss and a model learns "copy the source" long before the edit
     (docs/TOY_BENCHMARK.md). A cell counts as changed where any channel of target and source latents
-    differs by more than ``threshold``."""
+    differs by more than ``threshold``.
+
+    ``keep_share`` u > 0 caps the changed cells' weight per sample so that the unchanged cells keep at least
+    the share u of that sample's weight: for a changed fraction f the changed weight is
+    min(1 + factor, (1 − u)(1 − f) / (u·f)). Large edits (a new background) then still weigh the cells they
+    must keep; small ones keep 1 + factor. A sample with every cell or no cell changed is a plain mean."""
     if x0.shape != source.shape:
         raise InputError(f"edit-region loss weight: target latents {tuple(x0.shape)} vs source "
                          f"{tuple(source.shape)}; it needs source and target of the same size "
                          "(set method.options.edit_region_weight = 0).")
-    changed = (x0.float() - source.float()).abs().amax(dim=1, keepdim=True) > threshold
-    return 1.0 + factor * changed.float()
+    if not 0 <= keep_share < 1:
+        raise InputError(f"edit-region keep share must be in [0, 1) (0 = no cap), got {keep_share!r}.")
+    changed = ((x0.float() - source.float()).abs().amax(dim=1, keepdim=True) > threshold).float()
+    if not keep_share:
+        return 1.0 + factor * changed
+    f = changed.flatten(1).mean(dim=1)                                       # [B] changed fraction
+    u = keep_share
+    cap = torch.where((f > 0) & (f < 1), (1 - u) * (1 - f) / (u * f.clamp_min(1e-12)), torch.full_like(f, 1 + factor))
+    extra = torch.clamp(cap, max=1 + factor) - 1                             # [B] changed weight − 1
+    return 1.0 + extra.view(-1, *([1] * (changed.ndim - 1))) * changed
 
 
 def kiwi_loss(pred: torch.Tensor, target: torch.Tensor, weight,

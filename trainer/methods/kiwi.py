@@ -60,6 +60,8 @@ class KiwiOptions:
     # not in the papers; the toy presets use 30
     edit_region_weight: float = 0.0
     edit_region_threshold: float = kn.EDIT_REGION_THRESHOLD
+    # > 0: cap the changed cells' weight per sample so the unchanged ones keep at least this share of it
+    edit_region_keep_share: float = 0.0
 
 
 class KiwiMethod(TrainingMethod):
@@ -90,6 +92,9 @@ class KiwiMethod(TrainingMethod):
         if o.edit_region_weight < 0 or o.edit_region_threshold <= 0:
             raise InputError(f"method.options.edit_region_weight must be ≥ 0 (0 = the papers' plain mean) and "
                              f"edit_region_threshold > 0, got {o.edit_region_weight!r}, {o.edit_region_threshold!r}.")
+        if not 0 <= o.edit_region_keep_share < 1:
+            raise InputError(f"method.options.edit_region_keep_share must be in [0, 1) (0 = no cap), got "
+                             f"{o.edit_region_keep_share!r}.")
         if o.source_scale == "gamma" and not o.source_input:
             raise InputError("method.options.source_scale = \"gamma\" scales the source latents: it needs "
                              "source_input = true.")
@@ -265,7 +270,8 @@ class KiwiMethod(TrainingMethod):
             adapter = DiTLoraAdapter(dit, o.dit_lora_rank, o.dit_lora_alpha, o.dit_lora_targets,
                                      dtype=parse_dtype(self.cfg.precision.adapter_dtype), seed=self.cfg.schedule.seed)
         module = KiwiModule(dit, mllm, adapter, models.get("vae"), o.source_input,
-                            (float(o.edit_region_weight), float(o.edit_region_threshold)))
+                            (float(o.edit_region_weight), float(o.edit_region_threshold),
+                             float(o.edit_region_keep_share)))
         groups = module.named_groups()
         master = parse_dtype(self.cfg.precision.adapter_dtype)
         for g in self.trainable:

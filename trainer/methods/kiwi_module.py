@@ -59,14 +59,14 @@ def group_of(name: str) -> str | None:
 
 class KiwiModule(TrainModule):
     def __init__(self, dit, mllm, adapter, vae, source_input: bool,
-                 edit_region: tuple = (0.0, EDIT_REGION_THRESHOLD)):
+                 edit_region: tuple = (0.0, EDIT_REGION_THRESHOLD, 0.0)):
         super().__init__()
         self.dit = dit
         self.mllm = mllm                   # None when the MLLM context is cached (frozen MLLM)
         self.adapter = adapter             # DiTLoraAdapter or None
         self._vae = [vae]                  # frozen, outside the module's parameters (reference branch only)
         self.source_input = source_input
-        self.edit_region = edit_region     # (weight, threshold) of the changed cells' extra loss weight; 0 = off
+        self.edit_region = edit_region     # (weight, threshold, keep share) of the changed cells' loss weight; 0 = off
 
     @property
     def vae(self):
@@ -118,8 +118,8 @@ class KiwiModule(TrainModule):
         x_t, target = noisy_and_target(x0, noise, sigma)
         ref = self.reference_latents(batch, draws["reference_scale"])
         pred = self.predict(x_t, draws["t"].to(dev), sigma, self.context(batch), batch, ref)
-        factor, threshold = self.edit_region
-        region = edit_region_weight(x0, batch["source"], factor, threshold) if factor else None
+        factor, threshold, keep = self.edit_region
+        region = edit_region_weight(x0, batch["source"], factor, threshold, keep) if factor else None
         return kiwi_loss(pred, target, draws["weight"].to(dev), region)
 
     # --- parameters -------------------------------------------------------------------------------------
