@@ -9,7 +9,8 @@
 Jobs:
 
 - ``shipped``: the shipped default, trained by the project's trainer with the Kiwi curriculum presets
-  (``bench/toy_train_default.py``: ``python -m trainer train`` on toy data, three stages, 2400 steps; every
+  (``bench/toy_train_default.py``: ``python -m trainer train`` on toy data, three curriculum stages of 3000
+  steps and a settling stage of 300; every
   checkpoint scored for the curve); ``--install`` makes it the embedded default.
 - the ablations, each trained from scratch for ``--ablation-steps`` (400) by the in-memory toy driver
   ``comfy_kiwi.toy.train`` (same models, same Kiwi loss and curriculum as the trainer —

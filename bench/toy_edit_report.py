@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 COLOURS = {"shipped": (120, 0, 0), "kiwi": (200, 40, 40), "plain_add": (240, 140, 20), "concat": (40, 140, 60), "none": (120, 120, 120),
            "no_image": (40, 90, 210), "image_only": (150, 60, 180)}
-LABELS = {"shipped": "shipped: python -m trainer, toy-kiwi-stage1/2/3",
+LABELS = {"shipped": "shipped: python -m trainer, toy-kiwi-stage1/2/3/4",
           "kiwi": "Kiwi: sigma-scaled add, image+video+ref", "plain_add": "plain add (no sigma)",
           "concat": "channel concat", "none": "no source latents", "no_image": "sigma add, no image co-training",
           "image_only": "image pairs only (ImVideoEdit data)"}

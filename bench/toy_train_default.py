@@ -1,16 +1,16 @@
 """Train the shipped toy model with the project's trainer (the Kiwi curriculum presets) and score it.
 
-    python bench/toy_train_default.py             # data, init, 3 stages, export, scores (about 1 h on a CPU)
+    python bench/toy_train_default.py             # data, init, 4 stages, export, scores (about 1 h 20 min on a CPU)
     python bench/toy_train_default.py --install   # ... and install the result as comfy_kiwi/toy/default_model
 
 Every step is a command a user can type (run from the repository root; RUN is ``--out``/run):
 
     python -m comfy_kiwi toy-data --out RUN/data/image --dataset image --count 1000      # also video, reference
     python -m comfy_kiwi toy-init --out RUN/init
-    python -m trainer train --config RUN/toy-kiwi-stage1.toml                          # then stage 2, stage 3
-    python -m trainer export --config RUN/toy-kiwi-stage3.toml --to release --out RUN/release
+    python -m trainer train --config RUN/toy-kiwi-stage1.toml                          # then stages 2, 3, 4
+    python -m trainer export --config RUN/toy-kiwi-stage4.toml --to release --out RUN/release
 
-The presets are trainer/presets/toy-kiwi-stage{1,2,3}.toml, copied into RUN unchanged except that every
+The presets are trainer/presets/toy-kiwi-stage{1,2,3,4}.toml (the Kiwi curriculum and a settling stage), copied into RUN unchanged except that every
 checkpoint is kept (``keep = 0``), so each one (every 200 steps) is scored on held-out edits for the curve
 (20 sampling steps, ``--curve-count`` per dataset). The final release is scored like the command line
 samples (50 steps, ``--final-count`` per dataset). ``--install`` stores the release as the embedded default
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STAGES = (1, 2, 3)
+STAGES = (1, 2, 3, 4)
 DATASETS = ("image", "video", "reference")
 
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     release = run / "release"
     if release.exists():
         shutil.rmtree(release)
-    _run([py, "-m", "trainer", "export", "--config", str(run / "toy-kiwi-stage3.toml"), "--to", "release",
+    _run([py, "-m", "trainer", "export", "--config", str(run / f"toy-kiwi-stage{STAGES[-1]}.toml"), "--to", "release",
           "--out", str(release)], log)
     from toy_edit import evaluate_folder
     final_folder = release
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         from comfy_kiwi.toy.release import DEFAULT_MODEL_DIR, load_toy_pipeline, write_toy_release
         target = Path(args.install_dir) if args.install_dir else DEFAULT_MODEL_DIR
         pipe = load_toy_pipeline(release)
-        info = {"trained_by": "python -m trainer (trainer/presets/toy-kiwi-stage1/2/3.toml), exported with "
+        info = {"trained_by": "python -m trainer (trainer/presets/toy-kiwi-stage1/2/3/4.toml), exported with "
                               "python -m trainer export --to release; DiT stored in float16",
                 "reproduce": "python bench/toy_train_default.py --install"}
         write_toy_release(target, pipe.dit, pipe.mllm, info)
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     history = curve(run, args.curve_count, args.seed, args.max_steps)
     final = evaluate_folder(final_folder, args.final_count, args.seed)
     steps = history[-1]["step"]
-    result = {"name": "shipped", "config": {"steps": steps, "trainer": "trainer/presets/toy-kiwi-stage{1,2,3}.toml",
+    result = {"name": "shipped", "config": {"steps": steps, "trainer": "trainer/presets/toy-kiwi-stage{1,2,3,4}.toml",
                                             "pairs_per_dataset": args.count},
               "seconds": sum(seconds.values()), "history": history, "final": final,
               "final_settings": {"steps": 50, "shift": 5.0, "count": args.final_count, "folder": str(final_folder)},

@@ -33,7 +33,7 @@ def _toy_run_folder(tmp_path: Path, count: int = 2):
     for name in ("image", "video", "reference"):
         examples[name] = dataset_examples(name, "train", count)
         write_csv_dataset(tmp_path / "data" / name, examples[name])
-    for n in (1, 2, 3):
+    for n in (1, 2, 3, 4):
         shutil.copy(PRESETS / f"toy-kiwi-stage{n}.toml", tmp_path)
     return models, examples
 
@@ -117,8 +117,9 @@ def test_trainer_kiwi_loss_and_gradients_equal_the_toy_driver(tmp_path):
 
 
 def test_toy_curriculum_runs_through_the_trainer_and_exports_a_release(tmp_path):
-    """Three stages chained by init_from (a few steps each), exported with ``trainer export --to release``:
-    the release edits through the toy pipeline, and the whole language model really trained."""
+    """The four stages chained by init_from (a few steps each; the settling stage reads stage 3's latent
+    cache), exported with ``trainer export --to release``: the release edits through the toy pipeline, and
+    the whole language model really trained."""
     from safetensors.torch import load_file
 
     from comfy_kiwi.toy.release import is_toy_release, load_toy_pipeline
@@ -126,7 +127,7 @@ def test_toy_curriculum_runs_through_the_trainer_and_exports_a_release(tmp_path)
     from trainer.export import export
     from trainer.loop import train
     _toy_run_folder(tmp_path)
-    for n in (1, 2, 3):
+    for n in (1, 2, 3, 4):
         cfg = load_config(tmp_path / f"toy-kiwi-stage{n}.toml",
                           {"schedule": {"max_steps": 2, "batch_size": 2}, "logging": {"progress": False, "tensorboard": False}})
         train(cfg, log=lambda *a: None)
@@ -136,7 +137,9 @@ def test_toy_curriculum_runs_through_the_trainer_and_exports_a_release(tmp_path)
             enc = get_method("kiwi")(cfg).load_mllm("cpu", 48, trainable=True)
             torch.testing.assert_close(enc.model.model.language_model.layers[0].mlp.up_proj.weight,
                                        stage1["mllm.model.model.language_model.layers.0.mlp.up_proj.weight"])
-    final = load_file(str(tmp_path / "runs" / "toy-kiwi-stage3" / "kiwi.safetensors"))
+    assert cfg.cache_dir == tmp_path / "runs" / "toy-kiwi-stage3" / "cache"
+    assert not (tmp_path / "runs" / "toy-kiwi-stage4" / "cache").exists()
+    final = load_file(str(tmp_path / "runs" / "toy-kiwi-stage4" / "kiwi.safetensors"))
     assert any(k.startswith("mllm.model.model.language_model.layers.") for k in final)
     assert any(k.startswith("mllm.model.model.visual.") for k in final)
     assert "ref_vae_condition.patch_embedding.weight" in final
@@ -200,20 +203,52 @@ def test_decay_share_tail_of_the_trainer_lr_schedule():
 
 
 def test_toy_driver_defaults_are_the_toy_presets():
-    """The in-memory driver (the ablations) trains the shipped recipe: its loss options, learning rate and
-    stage lengths are the presets'."""
+    """The in-memory driver (the ablations) trains the shipped recipe: its data, loss options, learning rate
+    and stage lengths are the presets'."""
     import tomllib
 
     from comfy_kiwi.toy.train import ToyTrainConfig
     from trainer.methods import get_method
     presets = Path(__file__).resolve().parents[1] / "trainer" / "presets"
     driver = ToyTrainConfig()
-    for n, (_, _, stage_steps) in zip((1, 2, 3), driver.stages()):
+    stages = driver.stages()
+    assert len(stages) == 4 and [s.settle for s in stages] == [False, False, False, True]
+    for n, stage in enumerate(stages, 1):
         preset = tomllib.loads((presets / f"toy-kiwi-stage{n}.toml").read_text())
-        assert preset["schedule"]["max_steps"] == stage_steps, n
+        assert preset["schedule"]["max_steps"] == stage.steps, n
+        assert tuple(d["name"] for d in preset["data"]["datasets"]) == stage.datasets, n
+        equal = [1] * len(stage.datasets)                 # the trainer's default: round robin
+        assert tuple(preset["data"].get("mix_weights", equal)) == (stage.weights or tuple(equal)), n
         if n == 3:                                        # the lr falls over the same last steps
-            assert preset["schedule"]["decay_share"] * stage_steps == pytest.approx(driver.decay * driver.steps)
+            assert preset["schedule"]["decay_share"] * stage.steps == pytest.approx(driver.decay * driver.steps)
+        else:
+            assert preset["schedule"].get("decay_share", 0) == 0, n
         options = get_method("kiwi").parse_options(preset["method"]["options"])
         assert ((options.loss_weighting, options.edit_region_weight, options.edit_region_keep_share)
-                == (driver.loss_weighting, driver.edit_region_weight, driver.edit_region_keep_share)), n
-        assert preset["optimizer"]["lr"] == driver.lr
+                == (driver.loss_weighting, driver.edit_region_weight, stage.keep_share)), n
+        final = 1 - 0.95 * (driver.decay > 0)             # settling: the curriculum's final lr (5 % of it)
+        assert preset["optimizer"]["lr"] == pytest.approx(driver.lr * (final if stage.settle else 1)), n
+
+
+def test_toy_driver_settles_at_the_final_lr_with_the_cap(monkeypatch):
+    """After the curriculum (lr falling to 5 % over its last 30 %), the settling stage trains stage 3's data
+    at that final lr with the edit-region cap; the curriculum's stages train without the cap."""
+    import comfy_kiwi.toy.train as toy_train
+    from comfy_kiwi.toy.models import ToyModelConfig
+    from comfy_kiwi.training_lib.kiwi_numerics import constant_lr_warmup, linear_tail
+    small = ToyModelConfig(dit_dim=48, dit_ffn=96, dit_heads=2, dit_layers=1, num_queries=4)
+    cfg = toy_train.ToyTrainConfig(steps=20, settle_share=0.2, settle_keep_share=0.3, decay=0.3, model=small,
+                                   pool=2, batch=1, threads=1)
+    calls, lrs = [], []
+
+    def loss(models, samples, g, shift, weighting, edit_region, keep_share):
+        calls.append(keep_share)
+        return models.dit.head.head.weight.sum() * 0.0
+
+    monkeypatch.setattr(toy_train, "training_loss", loss)
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda opt, *a, **k: lrs.append(opt.param_groups[0]["lr"]))
+    toy_train.train(cfg, log=lambda *a: None)
+    expected = [cfg.lr * constant_lr_warmup(i) * linear_tail(i, 20, 0.3) for i in range(20)] + [cfg.lr * 0.05] * 4
+    assert lrs == pytest.approx(expected)
+    # micro-batches per step: 1 (stage 1, 3 steps), 2 (stage 2, 7), 3 (stage 3, 10), 3 (settling, 4)
+    assert calls == [0.0] * (3 + 14 + 30) + [0.3] * 12

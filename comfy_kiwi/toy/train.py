@@ -1,6 +1,6 @@
 """An in-memory driver of the toy Kiwi training: the Kiwi-Edit curriculum and numerics at toy size, without
 files, caches or a process per stage — fast enough for the benchmark's ablations. The shipped model is
-trained by the project's trainer (``trainer/presets/toy-kiwi-stage{1,2,3}.toml``); tests/test_toy_trainer.py
+trained by the project's trainer (``trainer/presets/toy-kiwi-stage{1,2,3,4}.toml``); tests/test_toy_trainer.py
 checks that this driver's loss and gradients equal the trainer's on the same batch and draws.
 
 Numerics are the project's Kiwi-Edit training functions (``comfy_kiwi.training_lib.kiwi_numerics``):
@@ -13,12 +13,15 @@ The curriculum keeps Kiwi's data stages — 1) image pairs, 2) image + video 1:1
 reference 2:1:1 — with one deviation the toy needs: nothing here is pretrained, so the DiT and the
 whole small language model train from stage 1 on (Kiwi freezes a pretrained DiT in stage 1 and trains
 a LoRA on a pretrained Qwen). The learning rate decays linearly over the last ``decay`` share of steps.
+A settling stage follows (not in Kiwi): stage 3's data at the final lr, with the edit-region weight capped so
+that large edits keep what they must not paint over (docs/TOY_BENCHMARK.md, round 5).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -33,9 +36,17 @@ from .source_modes import check_source_mode, dit_velocity, prepare_dit
 KIWI_STAGES = ((("image",), None), (("image", "video"), (1, 1)), (("image", "video", "reference"), (2, 1, 1)))
 
 
+class ToyStage(NamedTuple):
+    datasets: tuple[str, ...]
+    weights: tuple | None               # mix ratios (None: one dataset)
+    steps: int
+    keep_share: float = 0.0             # edit-region cap: unchanged cells keep ≥ this share of each sample's loss
+    settle: bool = False                # the settling stage: constant lr, the curriculum's final one
+
+
 @dataclass
 class ToyTrainConfig:
-    steps: int = 3000                   # optimizer steps over all stages (the toy presets)
+    steps: int = 3000                   # optimizer steps of the three curriculum stages (the toy presets)
     stage_shares: tuple = (0.15, 0.35, 0.5)
     batch: int = 8                      # samples per micro-batch
     lr: float = 2e-3
@@ -47,7 +58,8 @@ class ToyTrainConfig:
     shift: float = 5.0
     loss_weighting: str = "uniform"     # "kiwi" (Gaussian in t, the release) or "uniform" (the toy presets)
     edit_region_weight: float = 30.0    # changed latent cells weigh 1 + this (the toy presets; 0 = the papers' mean)
-    edit_region_keep_share: float = 0.0  # > 0: unchanged cells keep at least this share of each sample's loss
+    settle_share: float = 0.1           # settling stage after the curriculum: this share of ``steps`` more (0: none)
+    settle_keep_share: float = 0.2      # ... its edit-region cap: unchanged cells keep ≥ this share of a sample's loss
     embedder_init: str = "random"       # source/reference embedders and connector outputs: "zero" (Kiwi) or "random"
     seed: int = 0
     threads: int = 2
@@ -62,16 +74,20 @@ class ToyTrainConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS or self.embedder_init not in ("zero", "random"):
             raise InputError(f"loss_weighting must be kiwi/uniform and embedder_init zero/random, got "
                              f"{self.loss_weighting!r}, {self.embedder_init!r}.")
-        if self.edit_region_weight < 0 or not 0 <= self.edit_region_keep_share < 1:
-            raise InputError(f"edit_region_weight must be ≥ 0 (0 = the papers' plain mean) and "
-                             f"edit_region_keep_share in [0, 1), got {self.edit_region_weight!r}, "
-                             f"{self.edit_region_keep_share!r}.")
+        if self.edit_region_weight < 0 or not 0 <= self.settle_keep_share < 1 or self.settle_share < 0:
+            raise InputError(f"edit_region_weight and settle_share must be ≥ 0 (0 = the papers' plain mean; no "
+                             f"settling stage) and settle_keep_share in [0, 1), got {self.edit_region_weight!r}, "
+                             f"{self.settle_share!r}, {self.settle_keep_share!r}.")
         if len(self.stage_shares) != 3 or abs(sum(self.stage_shares) - 1) > 1e-6:
             raise InputError(f"stage_shares needs three shares summing to 1, got {self.stage_shares}.")
 
-    def stages(self) -> list[tuple[tuple[str, ...], tuple | None, int]]:
-        """(datasets, weights, optimizer steps) per stage, restricted to ``datasets``; stages left
-        without data give their steps to the next stage."""
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.stages())
+
+    def stages(self) -> list[ToyStage]:
+        """The curriculum's stages restricted to ``datasets`` (stages left without data give their steps to
+        the next stage), then the settling stage on the last stage's data."""
         out, carry = [], 0
         for (names, weights), share in zip(KIWI_STAGES, self.stage_shares):
             keep = [i for i, n in enumerate(names) if n in self.datasets]
@@ -81,10 +97,12 @@ class ToyTrainConfig:
                 continue
             carry = 0
             w = None if weights is None else tuple(weights[i] for i in keep)
-            out.append((tuple(names[i] for i in keep), w, steps))
+            out.append(ToyStage(tuple(names[i] for i in keep), w, steps))
         if carry:       # datasets only of earlier stages (e.g. image only): they take the rest
-            names, w, steps = out[-1]
-            out[-1] = (names, w, steps + carry)
+            out[-1] = out[-1]._replace(steps=out[-1].steps + carry)
+        settle = int(round(self.settle_share * self.steps))
+        if settle:
+            out.append(out[-1]._replace(steps=settle, keep_share=self.settle_keep_share, settle=True))
         return out
 
 
@@ -154,12 +172,15 @@ def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, mod
     history, step, t0 = [], 0, time.time()
     if on_eval is not None and eval_every:
         history.append({"step": 0, "seconds": 0.0, "eval": on_eval(0, models)})
-    for names, weights, stage_steps in cfg.stages():
-        mix = MixSchedule([cfg.pool * 1000] * len(names), weights)
+    total = cfg.total_steps
+    for stage in cfg.stages():
+        names = stage.datasets
+        mix = MixSchedule([cfg.pool * 1000] * len(names), stage.weights)
         picks = iter(mix)
-        for _ in range(stage_steps):
+        for _ in range(stage.steps):
+            lr_step = cfg.steps if stage.settle else step         # settling keeps the curriculum's final lr
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(step, cfg.steps, cfg.decay)
+                group["lr"] = cfg.lr * _lr_factor(lr_step, cfg.steps, cfg.decay)
             opt.zero_grad(set_to_none=True)
             losses = {}
             for _ in range(mix.grad_accumulation):
@@ -167,16 +188,16 @@ def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, mod
                 pool = pools[names[d]]
                 idx = torch.randint(len(pool), (cfg.batch,), generator=g).tolist()
                 loss = training_loss(models, [pool[i] for i in idx], g, cfg.shift, cfg.loss_weighting,
-                                     cfg.edit_region_weight, cfg.edit_region_keep_share)
+                                     cfg.edit_region_weight, stage.keep_share)
                 (loss / mix.grad_accumulation).backward()
                 losses[names[d]] = float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
             if step % 50 == 0 or step == 1:
-                log(f"step {step}/{cfg.steps} stage {'+'.join(names)} loss "
+                log(f"step {step}/{total} stage {'+'.join(names)} loss "
                     + " ".join(f"{k} {v:.4f}" for k, v in losses.items()) + f" ({time.time() - t0:.0f}s)")
-            if on_eval is not None and eval_every and (step % eval_every == 0 or step == cfg.steps):
+            if on_eval is not None and eval_every and (step % eval_every == 0 or step == total):
                 history.append({"step": step, "seconds": time.time() - t0, "eval": on_eval(step, models)})
     dit.eval()
     enc.eval()
@@ -186,5 +207,5 @@ def train(cfg: ToyTrainConfig, log=print, on_eval=None, eval_every: int = 0, mod
 
 def _config_dict(cfg: ToyTrainConfig) -> dict:
     d = asdict(cfg)
-    d["stages"] = [{"datasets": list(n), "weights": w, "steps": s} for n, w, s in cfg.stages()]
+    d["stages"] = [stage._asdict() for stage in cfg.stages()]
     return d
