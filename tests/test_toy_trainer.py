@@ -16,7 +16,7 @@ PRESETS = ROOT / "trainer" / "presets"
 
 
 def _toy_run_folder(tmp_path: Path, count: int = 2):
-    """init/ (a small untrained toy release), data/<name>/metadata.csv and the three toy presets."""
+    """init/ (a small untrained toy release), data/<name>/metadata.csv and the four toy presets."""
     from comfy_kiwi.toy.data import dataset_examples
     from comfy_kiwi.toy.examples import write_csv_dataset
     from comfy_kiwi.toy.models import ToyModelConfig
