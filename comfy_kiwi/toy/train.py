@@ -58,8 +58,8 @@ class ToyTrainConfig:
     shift: float = 5.0
     loss_weighting: str = "uniform"     # "kiwi" (Gaussian in t, the release) or "uniform" (the toy presets)
     edit_region_weight: float = 30.0    # changed latent cells weigh 1 + this (the toy presets; 0 = the papers' mean)
-    settle_share: float = 0.1           # settling stage after the curriculum: this share of ``steps`` more (0: none)
-    settle_keep_share: float = 0.2      # ... its edit-region cap: unchanged cells keep ≥ this share of a sample's loss
+    settle_share: float = 0.2           # settling stage after the curriculum: this share of ``steps`` more (0: none)
+    settle_keep_share: float = 0.8      # ... its edit-region cap: unchanged cells keep ≥ this share of a sample's loss
     embedder_init: str = "random"       # source/reference embedders and connector outputs: "zero" (Kiwi) or "random"
     seed: int = 0
     threads: int = 2
