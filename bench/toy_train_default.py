@@ -1,6 +1,6 @@
 """Train the shipped toy model with the project's trainer (the Kiwi curriculum presets) and score it.
 
-    python bench/toy_train_default.py             # data, init, 4 stages, export, scores (about 1 h 20 min on a CPU)
+    python bench/toy_train_default.py             # data, init, 4 stages, export, scores (about 1 h 45 min on a CPU)
     python bench/toy_train_default.py --install   # ... and install the result as comfy_kiwi/toy/default_model
 
 Every step is a command a user can type (run from the repository root; RUN is ``--out``/run):

@@ -14,7 +14,7 @@ reference 2:1:1 — with one deviation the toy needs: nothing here is pretrained
 whole small language model train from stage 1 on (Kiwi freezes a pretrained DiT in stage 1 and trains
 a LoRA on a pretrained Qwen). The learning rate decays linearly over the last ``decay`` share of steps.
 A settling stage follows (not in Kiwi): stage 3's data at the final lr, with the edit-region weight capped so
-that large edits keep what they must not paint over (docs/TOY_BENCHMARK.md, round 5).
+that edits keep what they must not paint over (docs/TOY_BENCHMARK.md, rounds 5 and 6).
 """
 
 from __future__ import annotations
