@@ -124,6 +124,27 @@ def _panel(draw, box, curves: dict, base: dict | None, metric: str, dataset: str
                 draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=COLOURS[name])
 
 
+def _bars(draw, box, runs: dict, title: str):
+    """Final overall per variant (runs without curves, ``--eval-every 0``): a bar at the mean over training
+    seeds, a dot per seed."""
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline=(0, 0, 0))
+    draw.text((x0, y0 - 16), title, fill=(0, 0, 0))
+    finals = {n: [r["final"]["all"]["overall"] for r in rs.values()] for n, rs in runs.items()}
+    top = min(1.0, round(max([0.1] + [v for vs in finals.values() for v in vs]) * 1.15 + 0.049, 1))
+    sy = lambda v: y1 - (y1 - y0) * max(0.0, min(1.0, v / top))                     # noqa: E731
+    for i in range(1, 5):
+        draw.line([(x0, sy(top * i / 4)), (x1, sy(top * i / 4))], fill=(225, 225, 225))
+        draw.text((x0 - 34, sy(top * i / 4) - 6), f"{top * i / 4:.2f}", fill=(0, 0, 0))
+    slot = (x1 - x0) / max(1, len(finals))
+    for i, (name, values) in enumerate(finals.items()):
+        left, mean = x0 + i * slot + slot * 0.2, sum(values) / len(values)
+        draw.rectangle([left, sy(mean), left + slot * 0.6, y1], fill=COLOURS[name])
+        draw.text((left, sy(max(values)) - 18), f"{mean:.3f}", fill=(0, 0, 0))
+        for v in values:
+            draw.ellipse([left + slot * 0.3 - 3, sy(v) - 3, left + slot * 0.3 + 3, sy(v) + 3], outline=(0, 0, 0))
+
+
 def plot(kiwi: dict | None, runs: dict, base: dict | None, path: Path) -> None:
     img = Image.new("RGB", (1180, 560), "white")
     d = ImageDraw.Draw(img)
@@ -132,8 +153,12 @@ def plot(kiwi: dict | None, runs: dict, base: dict | None, path: Path) -> None:
     curves = {"shipped": [kiwi]} if kiwi else {}
     _panel(d, (60, 60, 540, 400), curves, base, "overall", "all",
            "shipped model (trainer checkpoints): overall (mean of image / video / reference)")
-    _panel(d, (660, 60, 1140, 400), {n: list(rs.values()) for n, rs in runs.items()}, base, "overall", "all",
-           "ablations (same budget, a curve per training seed): overall")
+    if any(r["history"] for rs in runs.values() for r in rs.values()):
+        _panel(d, (660, 60, 1140, 400), {n: list(rs.values()) for n, rs in runs.items()}, base, "overall", "all",
+               "ablations (same budget, a curve per training seed): overall")
+    else:
+        _bars(d, (660, 60, 1140, 400), runs, "ablations (same budget): final overall, 50 sampling steps "
+                                             "(dots: training seeds)")
     y = 440
     for i, name in enumerate(COLOURS):
         x = 60 + (i % 4) * 280

@@ -126,3 +126,22 @@ def test_one_ablation_run_trains_with_its_seed_and_scores_with_seed(tmp_path, mo
     run = json.loads((out / "no_image.json").read_text())
     assert run["config"]["seed"] == 3 and run["final_settings"]["seed"] == 5 and run["history"] == []
     assert set(run["final"]) >= {"all", "video", "reference"} and "cleanliness" in run["final"]["all"]
+
+
+def test_plot_draws_final_bars_when_ablations_have_no_curves(tmp_path):
+    """Ablations run with --eval-every 0 have no history: the right panel shows each variant's final overall
+    as a bar (height ∝ the mean over seeds) instead of an empty chart."""
+    from PIL import Image
+    runs = {}
+    for name, overall in (("kiwi", 0.08), ("none", 0.04)):
+        runs[name] = {}
+        for seed in (0, 1):
+            run = _run(seed, overall)
+            run["history"] = []
+            runs[name][seed] = run
+    toy_edit_report.plot(None, runs, None, tmp_path / "p.png")
+    img = Image.open(tmp_path / "p.png").convert("RGB")
+    column = lambda name: sum(1 for x in range(660, 1140) for y in range(60, 400)     # noqa: E731
+                              if img.getpixel((x, y)) == toy_edit_report.COLOURS[name])
+    kiwi, none = column("kiwi"), column("none")
+    assert kiwi > 0 and kiwi == pytest.approx(2 * none, rel=0.05)
