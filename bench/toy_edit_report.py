@@ -91,22 +91,29 @@ def ablation_table(runs: dict[str, dict[int, dict]]) -> str:
     return "\n".join(lines)
 
 
-def _panel(draw, box, curves: dict, base: dict | None, metric: str, dataset: str, title: str):
+def _axes(draw, box, title: str, values: list[float]):
+    """Frame, title and a 0..top value axis with grid lines (top: the largest value + 15 %, at least 0.1);
+    returns value → y."""
     x0, y0, x1, y1 = box
     draw.rectangle(box, outline=(0, 0, 0))
     draw.text((x0, y0 - 16), title, fill=(0, 0, 0))
-    histories = [h for rs in curves.values() for r in rs for h in r["history"]]
-    max_step = max((h["step"] for h in histories), default=1) or 1
-    top = max([0.1] + [h["eval"][dataset][metric] for h in histories]
-              + ([base[k][dataset][metric] for k in ("identity", "random")] if base else []))
-    top = min(1.0, round(top * 1.15 + 0.049, 1))
-    sx = lambda s: x0 + (x1 - x0) * s / max_step                                    # noqa: E731
+    top = min(1.0, round(max([0.1] + values) * 1.15 + 0.049, 1))
     sy = lambda v: y1 - (y1 - y0) * max(0.0, min(1.0, v / top))                     # noqa: E731
     for i in range(1, 5):
         v = top * i / 4
         draw.line([(x0, sy(v)), (x1, sy(v))], fill=(225, 225, 225))
         draw.text((x0 - 34, sy(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
     draw.text((x0 - 10, y1 - 6), "0", fill=(0, 0, 0))
+    return sy
+
+
+def _panel(draw, box, curves: dict, base: dict | None, metric: str, dataset: str, title: str):
+    x0, y0, x1, y1 = box
+    histories = [h for rs in curves.values() for r in rs for h in r["history"]]
+    max_step = max((h["step"] for h in histories), default=1) or 1
+    sy = _axes(draw, box, title, [h["eval"][dataset][metric] for h in histories]
+               + ([base[k][dataset][metric] for k in ("identity", "random")] if base else []))
+    sx = lambda s: x0 + (x1 - x0) * s / max_step                                    # noqa: E731
     draw.text((x1 - 70, y1 + 4), f"{max_step} steps", fill=(0, 0, 0))
     if base:
         for key, colour in (("identity", (0, 0, 0)), ("random", (150, 150, 150))):
@@ -128,14 +135,8 @@ def _bars(draw, box, runs: dict, title: str):
     """Final overall per variant (runs without curves, ``--eval-every 0``): a bar at the mean over training
     seeds, a dot per seed."""
     x0, y0, x1, y1 = box
-    draw.rectangle(box, outline=(0, 0, 0))
-    draw.text((x0, y0 - 16), title, fill=(0, 0, 0))
     finals = {n: [r["final"]["all"]["overall"] for r in rs.values()] for n, rs in runs.items()}
-    top = min(1.0, round(max([0.1] + [v for vs in finals.values() for v in vs]) * 1.15 + 0.049, 1))
-    sy = lambda v: y1 - (y1 - y0) * max(0.0, min(1.0, v / top))                     # noqa: E731
-    for i in range(1, 5):
-        draw.line([(x0, sy(top * i / 4)), (x1, sy(top * i / 4))], fill=(225, 225, 225))
-        draw.text((x0 - 34, sy(top * i / 4) - 6), f"{top * i / 4:.2f}", fill=(0, 0, 0))
+    sy = _axes(draw, box, title, [v for vs in finals.values() for v in vs])
     slot = (x1 - x0) / max(1, len(finals))
     for i, (name, values) in enumerate(finals.items()):
         left, mean = x0 + i * slot + slot * 0.2, sum(values) / len(values)
